@@ -1,0 +1,48 @@
+# ct: two commands on a fresh machine. `make demo` sets up and plays the scenario; `make test` runs the tests.
+# Only python3 (3.11+) and make are assumed. The virtualenv is built from the committed lock.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ct-installed
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+export CT_HOME ?= $(CURDIR)/.ct
+export GX_ANALYTICS_ENABLED := false
+export TQDM_DISABLE := 1
+
+.PHONY: demo test up drop-batch lint typecheck bench install clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ct needs Python 3.11+")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ct_airflow.local demo
+
+up: $(STAMP)
+	$(PY) -m ct_airflow.local up
+
+drop-batch: $(STAMP)
+	$(PY) -m ct_airflow.local drop-batch
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ml plugins dags tests bench
+	$(VENV)/bin/ruff format --check ml plugins dags tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy ml plugins
+
+test: $(STAMP) lint typecheck
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/dag_parse.py
+
+clean:
+	rm -rf .ct .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""
+### ct_ingest: new landing batches become curated batches, or go to quarantine
+
+**Starts** when the triggerer's `NewLandingBatchTrigger` sees a landing batch with its
+`_COMMITTED` marker (an `AssetWatcher` on `ct_landing_batches`), or by hand with
+`batch_ids` (empty: every pending batch).
+
+**Does** `python -m ml ingest`: decodes every image inside the batch root, builds the manifest,
+validates it with the Great Expectations suite `ml/suites/manifest.json`, then writes
+`curated/<batch_id>/` or `quarantine/<batch_id>/report.json`.
+
+**Emits** a `ct_curated_batches` event with the curated `batch_ids`, which starts `ct_retrain`.
+A quarantined batch fails `fail_on_quarantine` with the rule names and the report's location;
+nothing else touches it and the champion is untouched.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param
+
+from ct_airflow.assets import landing_asset
+from ct_airflow.operators import CtIngestOperator
+from ct_airflow.tasks import fail_on_quarantine, publish_curated
+
+with DAG(
+    dag_id="ct_ingest",
+    schedule=[landing_asset()],
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["ct"],
+    params={
+        "batch_ids": Param(
+            [], type="array", items={"type": "string"}, description="Landing batch ids; empty: all pending"
+        ),
+    },
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+):
+    ingest = CtIngestOperator(task_id="ingest", execution_timeout=timedelta(hours=2))
+    publish_curated(ingest.output)
+    fail_on_quarantine(ingest.output)

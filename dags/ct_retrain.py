@@ -1,0 +1,56 @@
+"""
+### ct_retrain: drift, retrain decision, train, evaluate, gate
+
+**Starts** daily at 03:00 UTC, whenever `ct_ingest` curates a batch (`ct_curated_batches`), or
+by hand. Params: `force_retrain` retrains whatever the policy says; `allow_backfill_promote` lets a
+backfill run move the champion (by default backfills evaluate and record but never promote).
+
+| task | what it does | where it writes |
+|---|---|---|
+| drift | pins the data window, compares new batches with the champion's training data (Evidently) | `reports/ct_retrain/<run_key>/drift.json`, `drift.html` |
+| decide | retrain or skip, with reasons; *skipped* means no reason to retrain | `decision.json` |
+| train | trains a candidate (GPU pod with the kubernetes runner), registers it in MLflow | MLflow run + model version |
+| evaluate | scores candidate and `@champion` on the same test rows | `eval.json` |
+| gate | promotes only on significant improvement with no class collapsing | `gate.json`, `gate.md` |
+
+Every step is keyed by the run, so clearing and re-running a task never duplicates a model
+version or a decision.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
+
+from ct_airflow.assets import CURATED
+from ct_airflow.operators import CtStepOperator
+
+with DAG(
+    dag_id="ct_retrain",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=CURATED),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,  # one retrain at a time; promotion is also serialised by a lock in the lake
+    doc_md=__doc__,
+    tags=["ct"],
+    params={
+        "force_retrain": Param(False, type="boolean", description="Retrain even if the policy says skip"),
+        "allow_backfill_promote": Param(False, type="boolean", description="Let a backfill run promote"),
+    },
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
+):
+    drift = CtStepOperator(task_id="drift", step="drift")
+    decide = CtStepOperator(
+        task_id="decide", step="decide", step_args=["{{ '--force' if params.force_retrain else '' }}"]
+    )
+    train = CtStepOperator(task_id="train", step="train", retries=2, execution_timeout=timedelta(hours=6))
+    evaluate = CtStepOperator(task_id="evaluate", step="evaluate")
+    gate = CtStepOperator(
+        task_id="gate",
+        step="gate",
+        step_args=[
+            "{{ '--no-promote' if run_id.startswith('backfill__') and not params.allow_backfill_promote else '' }}"
+        ],
+    )
+    drift >> decide >> train >> evaluate >> gate

@@ -1,0 +1,35 @@
+# The trainer image: CUDA-enabled torch plus the `ml` package, nothing else (no Airflow).
+# Every pipeline step runs here as `python -m ml <step> ...` when the runner is `kubernetes`.
+#
+#   docker build -f docker/trainer.Dockerfile --build-arg CT_CODE_VERSION=$(git rev-parse HEAD) -t ct-trainer .
+#
+# Configuration arrives at run time (CT_CONFIG_JSON from the operator, credentials from Secrets via
+# envFrom); nothing secret is baked in.
+ARG BASE_IMAGE=pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ARG CT_CODE_VERSION=unknown
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GX_ANALYTICS_ENABLED=false \
+    TQDM_DISABLE=1 \
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false \
+    CT_CODE_VERSION=${CT_CODE_VERSION} \
+    CT_HOME=/tmp/ct
+
+WORKDIR /opt/ct
+# The step libraries only, pinned to the versions in the lock; torch and torchvision come from the base.
+COPY requirements.lock ./
+RUN grep -E '^(great_expectations|evidently|mlflow|mlflow-skinny|mlflow-tracing|pandas|numpy|pyarrow|pillow|scikit-learn|scipy|boto3|botocore|s3transfer|psycopg2-binary|pydantic|pydantic_core|PyYAML)==' requirements.lock > trainer-requirements.txt \
+    && python -m pip install -r trainer-requirements.txt
+COPY pyproject.toml README.md ./
+COPY ml ./ml
+RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.train, ml.drift, ml.validate"
+
+RUN groupadd --gid 10001 ct && useradd --uid 10001 --gid ct --no-create-home --shell /usr/sbin/nologin ct \
+    && mkdir -p /airflow/xcom /tmp/ct && chown -R ct:ct /airflow /tmp/ct
+USER 10001:10001
+
+ENTRYPOINT ["python", "-m", "ml"]
+CMD ["--help"]

@@ -1,0 +1,195 @@
+"""``python -m ml <step>``: one command per pipeline step, the same in a subprocess and in a pod.
+
+Inputs are ids and URIs. Logs go to stderr. The last line of stdout is one JSON object, which the
+Airflow operator turns into the task's XCom; in a pod it is also written to ``/airflow/xcom/return.json``.
+A step with nothing to do prints ``{"skip": "<reason>"}`` and exits 0; failures exit 1 with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ml.config import Settings, load_settings
+from ml.errors import CtError, NothingToDo
+from ml.storage import Lake
+
+log = logging.getLogger("ml")
+
+XCOM_DIR = Path("/airflow/xcom")
+RUN_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+Step = Callable[[argparse.Namespace, Settings, Lake], dict[str, Any]]
+
+
+def _checked_id(value: str) -> str:
+    if not value or not set(value) <= RUN_KEY_CHARS or value.startswith("."):
+        raise argparse.ArgumentTypeError(f"{value!r}: use letters, digits, '.', '_' and '-' only")
+    return value
+
+
+def step_ingest(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.ingest import ingest_batch, pending_batches
+
+    batch_ids = list(dict.fromkeys(args.batch_id or [])) or pending_batches(lake)
+    if not batch_ids:
+        raise NothingToDo("no committed landing batch is waiting to be ingested")
+    results = [ingest_batch(lake, b, settings) for b in batch_ids]
+    return {
+        "batches": results,
+        "curated": [r["batch_id"] for r in results if r["status"] == "curated"],
+        "quarantined": [r for r in results if r["status"] == "quarantined"],
+    }
+
+
+def _champion_and_reference(settings: Settings, lake: Lake) -> tuple[str | None, list[str]]:
+    from ml import registry
+    from ml.window import trained_batches
+
+    champion = registry.champion(registry.client(settings), settings.model_name)
+    if champion is None:
+        return None, []
+    return champion.version, trained_batches(lake, champion.tags.get(registry.WINDOW_TAG))
+
+
+def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.drift import detect_drift
+    from ml.window import plan_window, window_key
+
+    champion_version, reference = (
+        (None, []) if lake.exists(window_key(args.run_key)) else _champion_and_reference(settings, lake)
+    )
+    window = plan_window(lake, settings, args.run_key, champion_version, reference)
+    verdict = detect_drift(lake, settings.drift, window)
+    return {
+        "run_key": args.run_key,
+        "champion_version": window.champion_version,
+        "new_batches": window.new_batches,
+        "new_images": window.new_images,
+        "drift_detected": verdict["drift_detected"],
+        "drifted_features": verdict.get("drifted_features", []),
+        "drifted_share": verdict.get("drifted_share"),
+        "skipped": verdict.get("skipped"),
+        "report_uri": verdict["report_uri"],
+        "html_uri": verdict.get("html_uri"),
+    }
+
+
+def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml import layout, policy, registry
+    from ml.window import load_window
+
+    recorded = policy.recorded_decision(lake, args.run_key)
+    if recorded is None:
+        window = load_window(lake, args.run_key)
+        drift = lake.read_json_or(layout.report(layout.RETRAIN_DAG, args.run_key, "drift.json"), {})
+        age_days = None
+        if window.champion_version is not None and settings.policy.max_model_age_days is not None:
+            mlflow_client = registry.client(settings)
+            mv = mlflow_client.get_model_version(settings.model_name, window.champion_version)
+            age_days = (time.time() - mv.creation_timestamp / 1000) / 86400
+        decision = policy.decide(window, drift, settings.policy, age_days, force=args.force)
+        recorded = policy.record_decision(lake, window, decision)
+    if not recorded["retrain"]:
+        return {"skip": recorded["summary"], **recorded}
+    return recorded
+
+
+def step_train(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.train import train
+
+    return train(lake, settings, args.run_key)
+
+
+def step_evaluate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.evaluate import evaluate
+
+    return evaluate(lake, settings, args.run_key)
+
+
+def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.promote import run_gate
+
+    record = run_gate(lake, settings, args.run_key, allow_promote=not args.no_promote)
+    keep = (
+        "run_key",
+        "decision",
+        "reasons",
+        "candidate_version",
+        "champion_version",
+        "eval_rows",
+        "gate_uri",
+        "already_done",
+    )
+    summary = {k: record[k] for k in keep}
+    summary["candidate_accuracy"] = record["metrics"]["candidate"]["accuracy"]
+    summary["champion_accuracy"] = (record["metrics"].get("champion") or {}).get("accuracy")
+    summary["p_value"] = record["checks"].get("significance", {}).get("p_value")
+    summary["non_inferiority"] = record["checks"].get("non_inferiority", {}).get("passed")
+    return summary
+
+
+STEPS: dict[str, Step] = {
+    "ingest": step_ingest,
+    "drift": step_drift,
+    "decide": step_decide,
+    "train": step_train,
+    "evaluate": step_evaluate,
+    "gate": step_gate,
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=os.environ.get("CT_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="step", required=True)
+    ingest = sub.add_parser("ingest", help="curate or quarantine committed landing batches")
+    ingest.add_argument(
+        "--batch-id", action="append", type=_checked_id, help="repeatable; default: every pending batch"
+    )
+    for name, text in [("drift", "plan the data window and compare it with the champion's data"),
+                       ("decide", "decide whether to retrain, with reasons"),
+                       ("train", "train and register a candidate"),
+                       ("evaluate", "score candidate and champion on the same rows"),
+                       ("gate", "decide promotion and move @champion with compare-and-set")]:  # fmt: skip
+        step = sub.add_parser(name, help=text)
+        step.add_argument("--run-key", required=True, type=_checked_id)
+        if name == "decide":
+            step.add_argument("--force", action="store_true", help="retrain whatever the policy says")
+        if name == "gate":
+            step.add_argument("--no-promote", action="store_true", help="evaluate and record, never move the alias")
+    return parser
+
+
+def emit(result: dict[str, Any]) -> None:
+    line = json.dumps(result, default=str, sort_keys=True)
+    if XCOM_DIR.is_dir():
+        (XCOM_DIR / "return.json").write_text(line)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        settings = load_settings()
+        lake = Lake.from_uri(settings.lake_uri)
+        result = STEPS[args.step](args, settings, lake)
+    except NothingToDo as exc:
+        emit({"skip": str(exc)})
+        return 0
+    except CtError as exc:
+        log.error("%s failed: %s", args.step, exc)
+        emit({"error": str(exc), "error_type": type(exc).__name__})
+        return 1
+    emit(result)
+    return 0

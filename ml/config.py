@@ -1,0 +1,205 @@
+"""The one validated configuration object: defaults, then a YAML file, then environment overrides.
+
+Precedence, lowest first:
+1. the defaults below, which are the embedded profile (everything under ``CT_HOME``, ``./.ct``);
+2. ``CT_CONFIG_JSON`` (how a pod receives the whole configuration) or the YAML file named by ``CT_CONFIG``;
+3. ``CT_<SECTION>__<FIELD>`` variables, e.g. ``CT_GATE__MARGIN=0.02``, and the top-level
+   shortcuts ``CT_PROFILE``, ``CT_LAKE_URI``, ``CT_MLFLOW_TRACKING_URI`` and ``CT_RUNNER``.
+
+Scalars from the environment are coerced to the field's type (``CT_TRAIN__EPOCHS=3``); a value
+that starts with ``[`` or ``{`` is parsed as YAML (``CT_KUBERNETES__NODE_SELECTOR='{gpu: h100}'``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ml.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "CT_"
+TOP_LEVEL_ENV = ("profile", "home", "lake_uri", "mlflow_tracking_uri", "mlflow_artifact_uri", "runner", "model_name")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageConfig(_Section):
+    size: int = Field(32, ge=8, le=1024, description="Side of the square model input, in pixels")
+    channels: Literal[1, 3] = 1
+    max_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb cap, checked before decoding")
+
+
+class IngestConfig(_Section):
+    min_rows: int = Field(20, ge=1)
+    max_rows: int = Field(5_000_000, ge=1)
+    min_side: int = Field(4, ge=1)
+    max_side: int = Field(8192, ge=1)
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> IngestConfig:
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ValueError(f"ingest.split_fractions must sum to 1, got {self.split_fractions}")
+        return self
+
+
+class DriftConfig(_Section):
+    features: tuple[str, ...] = ("mean", "std", "bright", "label")
+    # Distances, not p-values: on windows of hundreds of rows and up, p-value tests flag differences
+    # too small to matter. Normed Wasserstein is in units of the reference's standard deviation.
+    num_method: str = "wasserstein"
+    num_threshold: float = Field(0.3, gt=0)
+    cat_method: str = "jensenshannon"
+    cat_threshold: float = Field(0.1, gt=0)
+    per_column_method: dict[str, str] = Field(default_factory=dict)
+    per_column_threshold: dict[str, float] = Field(default_factory=dict)
+    drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted features that flags the window")
+    max_rows: int = Field(20_000, ge=100, description="Rows sampled per side; p-value tests over-flag huge windows")
+    seed: int = 0
+
+
+class PolicyConfig(_Section):
+    min_new_images: int = Field(200, ge=1, description="Retrain when at least this many new labelled images arrived")
+    retrain_on_drift: bool = True
+    max_model_age_days: float | None = Field(None, gt=0)
+
+
+class TrainConfig(_Section):
+    arch: str = "digits_cnn"
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1)
+
+
+class GateConfig(_Section):
+    primary_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    margin: float = Field(0.0, ge=0, description="Candidate must beat the champion by more than this")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test")
+    recall_epsilon: float = Field(0.05, ge=0, le=1, description="Largest allowed per-class recall drop")
+    min_support: int = Field(10, ge=1, description="Classes with fewer eval rows cannot veto")
+    floor_accuracy: float = Field(0.8, ge=0, le=1, description="Absolute floor for the first model")
+    eval_recent_batches: int = Field(3, ge=1, description="Test splits of this many newest batches form the eval set")
+
+
+class KubernetesConfig(_Section):
+    namespace: str = "ct"
+    image: str = "ct-trainer:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str = "ct-trainer"
+    kubernetes_conn_id: str = "kubernetes_default"
+    gpu_steps: tuple[str, ...] = ("train", "evaluate")
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_count: int = Field(1, ge=1)
+    cpu_request: str = "1"
+    memory_request: str = "4Gi"
+    memory_limit: str = "16Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    env_from_secrets: tuple[str, ...] = Field((), description="Secrets whose keys become env vars (S3, MLflow)")
+    startup_timeout_seconds: int = Field(600, ge=1)
+
+
+class Settings(_Section):
+    """Everything a step or a DAG needs to know about where things live and how to decide."""
+
+    profile: Literal["embedded", "compose", "kubernetes"] = "embedded"
+    home: Path = Field(default_factory=lambda: Path(".ct").resolve())
+    lake_uri: str = ""
+    mlflow_tracking_uri: str = ""
+    mlflow_artifact_uri: str = ""
+    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where people open MLflow (for links)")
+    experiment: str = "ct"
+    model_name: str = "ct-classifier"
+    labels: tuple[str, ...] = tuple(str(d) for d in range(10))
+    runner: Literal["local", "kubernetes"] = "local"
+    image: ImageConfig = ImageConfig()
+    ingest: IngestConfig = IngestConfig()
+    drift: DriftConfig = DriftConfig()
+    policy: PolicyConfig = PolicyConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+    @model_validator(mode="after")
+    def _derive_embedded_locations(self) -> Settings:
+        # Frozen model: fill the derived defaults through object.__setattr__ once, at validation.
+        home = self.home.expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        if not self.lake_uri:
+            object.__setattr__(self, "lake_uri", (home / "lake").as_uri())
+        if not self.mlflow_tracking_uri:
+            object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
+        if not self.mlflow_artifact_uri:
+            object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise ValueError(f"labels must be at least two distinct names, got {list(self.labels)}")
+        if self.ingest.max_rows < self.ingest.min_rows:
+            raise ValueError("ingest.max_rows must be >= ingest.min_rows")
+        return self
+
+    def to_json(self) -> str:
+        """Serialise for ``CT_CONFIG_JSON``: how the same configuration reaches a pod."""
+        return self.model_dump_json()
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("CT_CONFIG", "CT_CONFIG_JSON"):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) == 1 and path[0] not in TOP_LEVEL_ENV:
+            continue  # CT_* variables that are not configuration, e.g. CT_RUN_KEY
+        # Scalars stay strings and pydantic coerces them to the field's type; lists and mappings are YAML.
+        value = yaml.safe_load(raw) if raw.lstrip().startswith(("[", "{")) else raw
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return overrides
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the file named in the environment plus ``CT_*`` overrides."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if env.get("CT_CONFIG_JSON"):
+        data = json.loads(env["CT_CONFIG_JSON"])
+    elif env.get("CT_CONFIG"):
+        path = Path(env["CT_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"CT_CONFIG={path} does not exist; unset it to use the embedded defaults")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+    data = _deep_merge(data, _env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid ct configuration:\n{exc}") from exc

@@ -1,0 +1,262 @@
+"""Turn a committed landing batch into a curated batch, or quarantine it with the reason.
+
+A landing batch is ``landing/<batch_id>/images/<label>/<file>`` plus a ``_COMMITTED`` marker
+written last by the producer. Ingest reads only inside the batch root, builds the manifest,
+validates it with Great Expectations and writes either
+
+* ``curated/<batch_id>/shards/images.npy`` (uint8 NHWC at the model's input size), then
+  ``curated/<batch_id>/manifest.parquet`` last, so that a reader never sees half a batch; or
+* ``quarantine/<batch_id>/report.json`` naming each failed rule and its rows, plus the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ml import layout
+from ml.config import Settings
+from ml.errors import BatchNotFound, UnsafePath
+from ml.storage import Lake, LocalLake, clean_key
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = [
+    "batch_id", "uri", "label", "path_ok", "decode_ok", "error", "width", "height", "channels", "mode",
+    "mean", "std", "min", "max", "bright", "bytes", "sha256", "split", "row",
+]  # fmt: skip
+
+
+def committed_batches(lake: Lake) -> list[str]:
+    """Landing batches whose producer wrote the commit marker; the others are still being written."""
+    return [b for b in lake.list_children(layout.LANDING) if lake.exists(layout.commit_marker(b))]
+
+
+def curated_batches(lake: Lake) -> list[str]:
+    return [b for b in lake.list_children(layout.CURATED) if lake.exists(layout.manifest(b))]
+
+
+def quarantined_batches(lake: Lake) -> list[str]:
+    return [b for b in lake.list_children(layout.QUARANTINE) if lake.exists(layout.quarantine_report(b))]
+
+
+def pending_batches(lake: Lake) -> list[str]:
+    """Committed batches that have neither been curated nor quarantined yet."""
+    done = set(curated_batches(lake)) | set(quarantined_batches(lake))
+    return [b for b in committed_batches(lake) if b not in done]
+
+
+def split_for(sha256: str, fractions: tuple[float, float, float]) -> str:
+    """Train/val/test from the content hash: stable across reruns, and duplicates share a split."""
+    position = int(sha256[:12], 16) / float(1 << 48)
+    if position < fractions[0]:
+        return "train"
+    if position < fractions[0] + fractions[1]:
+        return "val"
+    return "test"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    relpath: str  # relative to the batch root, '/'-separated
+    path_ok: bool
+    error: str = ""
+
+
+def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
+    """Every file under the batch's ``images/``, flagging any path that leaves the batch root."""
+    root_key = layout.landing(batch_id)
+    if isinstance(lake, LocalLake):
+        root = lake.path(root_key)
+        real_root = os.path.realpath(root)
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(root / "images", followlinks=False):
+            # Symlinked folders are not walked into; they are reported like any other entry.
+            names = filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            for name in names:
+                full = os.path.join(dirpath, name)
+                rel = Path(full).relative_to(root).as_posix()
+                real = os.path.realpath(full)
+                inside = os.path.commonpath([real_root, real]) == real_root
+                if not inside:
+                    entries.append(_Entry(rel, False, "resolves outside the batch root"))
+                elif not os.path.isfile(real):
+                    entries.append(_Entry(rel, False, "not a regular file"))
+                else:
+                    entries.append(_Entry(rel, True))
+        return sorted(entries, key=lambda e: e.relpath)
+    entries = []
+    for key in lake.list_keys(layout.join(root_key, "images")):
+        rel = key[len(root_key) + 1 :]
+        try:
+            clean_key(rel)
+            entries.append(_Entry(rel, True))
+        except UnsafePath as exc:
+            entries.append(_Entry(rel, False, str(exc)))
+    return entries
+
+
+def _decode(data: bytes, settings: Settings) -> tuple[dict[str, Any], np.ndarray]:
+    """Decode one image safely and return its stats plus the model-sized uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        # The header gives the size before any pixel is decoded: refuse bombs here.
+        if img.width * img.height > settings.image.max_pixels:
+            raise ValueError(f"{img.width}x{img.height} exceeds image.max_pixels={settings.image.max_pixels}")
+        img.load()
+        mode = img.mode
+        bands = len(img.getbands())
+        converted = img.convert("L" if settings.image.channels == 1 else "RGB")
+    pixels = np.asarray(converted, dtype=np.uint8)
+    stats = {
+        "width": converted.width,
+        "height": converted.height,
+        "channels": bands,
+        "mode": mode,
+        "mean": float(pixels.mean()),
+        "std": float(pixels.std()),
+        "min": float(pixels.min()),
+        "max": float(pixels.max()),
+        "bright": float((pixels > 127).mean()),
+    }
+    size = settings.image.size
+    resized = np.asarray(converted.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return stats, resized.reshape(size, size, settings.image.channels)
+
+
+def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
+    """One manifest row per file in the batch, and the decoded images of the rows that decoded."""
+    import numpy as np
+    import pandas as pd
+
+    if not lake.exists(layout.commit_marker(batch_id)):
+        raise BatchNotFound(
+            f"no committed landing batch {batch_id!r}: {lake.uri(layout.commit_marker(batch_id))} is missing"
+        )
+    rows: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
+    for entry in _list_entries(lake, batch_id):
+        parts = entry.relpath.split("/")
+        row: dict[str, Any] = {
+            "batch_id": batch_id,
+            "uri": lake.uri(layout.join(layout.landing(batch_id), entry.relpath)) if entry.path_ok else entry.relpath,
+            "label": parts[1] if len(parts) == 3 else "",
+            "path_ok": entry.path_ok,
+            "decode_ok": None,  # unknown until read; a path that leaves the batch is never read
+            "error": entry.error,
+            "row": -1,
+        }
+        if entry.path_ok:
+            data = lake.read_bytes(layout.join(layout.landing(batch_id), entry.relpath))
+            row["bytes"] = len(data)
+            row["sha256"] = hashlib.sha256(data).hexdigest()
+            row["split"] = split_for(row["sha256"], settings.ingest.split_fractions)
+            row["decode_ok"] = False
+            try:
+                stats, pixels = _decode(data, settings)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            else:
+                row.update(stats, decode_ok=True, row=len(images))
+                images.append(pixels)
+        rows.append(row)
+    manifest = pd.DataFrame(rows).reindex(columns=MANIFEST_COLUMNS)
+    manifest = manifest.astype({"path_ok": bool, "decode_ok": "boolean", "row": "int64", "label": str})
+    size, channels = settings.image.size, settings.image.channels
+    stacked = np.stack(images) if images else np.zeros((0, size, size, channels), dtype=np.uint8)
+    return manifest, stacked
+
+
+def ingest_batch(lake: Lake, batch_id: str, settings: Settings) -> dict[str, Any]:
+    """Curate or quarantine one batch. Re-running it on a curated batch changes nothing."""
+    import numpy as np
+
+    from ml.validate import validate_manifest
+
+    if lake.exists(layout.manifest(batch_id)):
+        log.info("batch %s is already curated; nothing to redo", batch_id)
+        return {"batch_id": batch_id, "status": "curated", "already_done": True, **_curated_summary(lake, batch_id)}
+
+    manifest, images = build_manifest(lake, batch_id, settings)
+    outcome = validate_manifest(manifest, settings)
+    lake.write_json(layout.report(layout.INGEST_DAG, batch_id, "validation.json"), outcome.gx_result)
+    if not outcome.success:
+        report = {
+            "batch_id": batch_id,
+            "status": "quarantined",
+            "rows": len(manifest),
+            "failed_rules": [f.rule for f in outcome.failures],
+            **outcome.summary(),
+            "validation_uri": lake.uri(layout.report(layout.INGEST_DAG, batch_id, "validation.json")),
+            "landing_uri": lake.uri(layout.landing(batch_id)),
+        }
+        _write_parquet(lake, layout.quarantine_manifest(batch_id), manifest)
+        lake.write_json(layout.quarantine_report(batch_id), report)
+        log.warning("batch %s quarantined: %s", batch_id, ", ".join(report["failed_rules"]))
+        return {
+            "batch_id": batch_id,
+            "status": "quarantined",
+            "failed_rules": report["failed_rules"],
+            "report_uri": lake.uri(layout.quarantine_report(batch_id)),
+        }
+
+    with tempfile.TemporaryDirectory(prefix="ct-ingest-") as tmp:
+        shard = Path(tmp) / "images.npy"
+        np.save(shard, images)
+        lake.write_file(layout.shard(batch_id), shard)
+    # The manifest is written last: its presence is what makes the batch curated.
+    _write_parquet(lake, layout.manifest(batch_id), manifest)
+    if lake.exists(layout.quarantine_report(batch_id)):
+        lake.delete_prefix(layout.quarantine(batch_id))  # an earlier rejection was fixed by configuration
+    log.info("batch %s curated: %d images", batch_id, len(manifest))
+    return {"batch_id": batch_id, "status": "curated", "already_done": False, **_curated_summary(lake, batch_id)}
+
+
+def _curated_summary(lake: Lake, batch_id: str) -> dict[str, Any]:
+    manifest = read_manifest(lake, batch_id)
+    return {
+        "images": len(manifest),
+        "splits": {str(k): int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
+        "manifest_uri": lake.uri(layout.manifest(batch_id)),
+    }
+
+
+def _write_parquet(lake: Lake, key: str, frame: pd.DataFrame) -> None:
+    with tempfile.TemporaryDirectory(prefix="ct-parquet-") as tmp:
+        path = Path(tmp) / "frame.parquet"
+        frame.to_parquet(path, index=False)
+        lake.write_file(key, path)
+
+
+def read_manifest(lake: Lake, batch_id: str) -> pd.DataFrame:
+    import pandas as pd
+
+    with lake.local_file(layout.manifest(batch_id)) as path:
+        return pd.read_parquet(path)
+
+
+def manifest_hash(lake: Lake, batch_id: str) -> str:
+    """The content hash of a curated manifest: what a model's data window records."""
+    return hashlib.sha256(lake.read_bytes(layout.manifest(batch_id))).hexdigest()
+
+
+def load_images(lake: Lake, batch_id: str) -> np.ndarray:
+    """The batch's shard: memory-mapped when the lake is local."""
+    import numpy as np
+
+    if isinstance(lake, LocalLake):
+        return np.load(lake.path(layout.shard(batch_id)), mmap_mode="r")
+    with lake.local_file(layout.shard(batch_id)) as path:
+        return np.load(path)

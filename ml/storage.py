@@ -1,0 +1,253 @@
+"""The lake: one small interface over a local directory (``file://``) and S3 (``s3://``, boto3).
+
+Keys are ``/``-separated paths relative to the lake root, e.g. ``curated/b1/manifest.parquet``.
+Every write is atomic for a reader: files are written to a temporary name and renamed; on S3 a
+``put_object`` is atomic per key, and multi-object outputs write their index object last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ml.errors import StorageError, UnsafePath
+
+log = logging.getLogger(__name__)
+
+
+def clean_key(key: str) -> str:
+    """Normalise a lake key and refuse anything that could leave the lake root."""
+    if key.startswith("/") or "\\" in key:
+        raise UnsafePath(f"lake key {key!r} must be relative and use '/'")
+    parts = [p for p in key.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafePath(f"lake key {key!r} contains '..'")
+    return "/".join(parts)
+
+
+def join(*parts: str) -> str:
+    return clean_key(posixpath.join(*parts))
+
+
+class Lake(ABC):
+    """Read and write objects under one root."""
+
+    root_uri: str
+
+    @staticmethod
+    def from_uri(uri: str) -> Lake:
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            return LocalLake(Path(parsed.path))
+        if parsed.scheme == "s3":
+            if not parsed.netloc:
+                raise StorageError(f"{uri!r} names no bucket; use s3://bucket/prefix")
+            return S3Lake(parsed.netloc, parsed.path.strip("/"))
+        raise StorageError(f"unsupported lake URI {uri!r}; use file:///abs/path or s3://bucket/prefix")
+
+    def uri(self, key: str) -> str:
+        return f"{self.root_uri.rstrip('/')}/{clean_key(key)}"
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """All keys under ``prefix`` (recursive), relative to the lake root, sorted."""
+
+    @abstractmethod
+    def list_children(self, prefix: str) -> list[str]:
+        """Names of the immediate children (files and folders) of ``prefix``, sorted."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None: ...
+
+    @abstractmethod
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        """A local path holding the object, for readers that need a file (mmap, parquet)."""
+
+    def write_file(self, key: str, path: Path) -> None:
+        self.write_bytes(key, path.read_bytes())
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def read_json_or(self, key: str, default: Any) -> Any:
+        return self.read_json(key) if self.exists(key) else default
+
+
+class LocalLake(Lake):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root_uri = self.root.as_uri()
+
+    def path(self, key: str) -> Path:
+        return self.root / clean_key(key) if clean_key(key) else self.root
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"{self.uri(key)} does not exist") from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write_file(self, key: str, path: Path) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        keys = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue
+                keys.append(Path(dirpath, name).relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def list_children(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.endswith(".tmp"))
+
+    def delete_prefix(self, prefix: str) -> None:
+        import shutil
+
+        target = self.path(prefix)
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        path = self.path(key)
+        if not path.is_file():
+            raise StorageError(f"{self.uri(key)} does not exist")
+        yield path
+
+
+class S3Lake(Lake):
+    """S3 through boto3. Endpoint and credentials come from the usual AWS environment variables."""
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.root_uri = f"s3://{bucket}/{prefix}".rstrip("/")
+
+    @cached_property
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=os.environ.get("CT_S3_ENDPOINT_URL") or None)
+
+    def _key(self, key: str) -> str:
+        key = clean_key(key)
+        return "/".join(part for part in (self.prefix, key) if part)
+
+    def _rel(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
+        except self.client.exceptions.NoSuchKey as exc:
+            raise StorageError(f"{self.uri(key)} does not exist") from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def write_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key))
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def _paginate(self, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+        full = self._key(prefix)
+        full = f"{full}/" if full else ""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return sorted(self._rel(o["Key"]) for page in self._paginate(prefix, None) for o in page.get("Contents", []))
+
+    def list_children(self, prefix: str) -> list[str]:
+        names: set[str] = set()
+        for page in self._paginate(prefix, "/"):
+            names.update(p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in page.get("CommonPrefixes", []))
+            names.update(o["Key"].rsplit("/", 1)[-1] for o in page.get("Contents", []))
+        return sorted(names)
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = [self._key(k) for k in self.list_keys(prefix)]
+        if self.exists(prefix):
+            keys.append(self._key(prefix))
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="ct-lake-") as tmp:
+            path = Path(tmp) / posixpath.basename(clean_key(key))
+            self.client.download_file(self.bucket, self._key(key), str(path))
+            yield path

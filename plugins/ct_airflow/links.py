@@ -1,0 +1,61 @@
+"""Extra links on ct's tasks: the step's report (served by :mod:`ct_airflow.webapp`) and its MLflow model.
+
+Airflow 3 computes a task's links on the worker when the task finishes and stores them, so the
+links read the step's result from the operator instance that just ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperatorLink
+
+WEBAPP_PREFIX = "/ct"
+# Which of a step's outputs a person most wants to open, in order of preference.
+REPORT_FIELDS = ("html_uri", "gate_uri", "eval_uri", "decision_uri", "report_uri", "manifest_uri")
+
+
+def lake_key(uri: str, lake_root: str) -> str | None:
+    root = lake_root.rstrip("/") + "/"
+    return uri[len(root) :] if uri.startswith(root) else None
+
+
+def report_url(result: dict[str, Any], lake_root: str, base_url: str = "") -> str:
+    candidates = [result.get(field) for field in REPORT_FIELDS]
+    for batch in result.get("quarantined", []) + result.get("batches", []):
+        candidates += [batch.get("report_uri"), batch.get("manifest_uri")]
+    for uri in candidates:
+        key = lake_key(uri, lake_root) if isinstance(uri, str) else None
+        if key:
+            return f"{base_url.rstrip('/')}{WEBAPP_PREFIX}/lake/{key}"
+    return ""
+
+
+def _settings() -> Any:
+    from ml.config import load_settings
+
+    return load_settings()
+
+
+class ReportLink(BaseOperatorLink):
+    name = "ct report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        result = getattr(operator, "step_result", None) or {}
+        if not result:
+            return ""
+        from airflow.configuration import conf
+
+        return report_url(result, _settings().lake_uri, conf.get("api", "base_url", fallback="") or "")
+
+
+class MlflowModelLink(BaseOperatorLink):
+    name = "MLflow model"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        result = getattr(operator, "step_result", None) or {}
+        version = result.get("model_version") or result.get("candidate_version")
+        if not version:
+            return ""
+        settings = _settings()
+        return f"{settings.mlflow_ui_url.rstrip('/')}/#/models/{settings.model_name}/versions/{version}"

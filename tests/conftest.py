@@ -1,0 +1,128 @@
+"""Shared fixtures. Airflow's environment is set in ``pytest_configure``, before anything imports airflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="ct-tests-"))
+
+# Small, quick training for tests; the demo and production use the configured defaults.
+TEST_ENV = {"CT_TRAIN__EPOCHS": "10", "CT_GATE__EVAL_RECENT_BATCHES": "3", "CT_INGEST__MIN_ROWS": "20"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
+    from ct_airflow.local import embedded_env
+
+    os.environ.update(embedded_env(_SESSION_HOME / "session"))
+    os.environ.update(TEST_ENV)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def ct_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh embedded home (lake, MLflow store) for one test."""
+    home = tmp_path / "ct"
+    monkeypatch.setenv("CT_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def settings(ct_home: Path):  # type: ignore[no-untyped-def]
+    from ml.config import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture
+def lake(settings):  # type: ignore[no-untyped-def]
+    from ml.storage import Lake
+
+    return Lake.from_uri(settings.lake_uri)
+
+
+@pytest.fixture(scope="session")
+def digits():  # type: ignore[no-untyped-def]
+    from ml.demo import digits as load
+
+    return load()
+
+
+@pytest.fixture
+def write_batch(lake, digits):  # type: ignore[no-untyped-def]
+    """Write a committed landing batch of real digits: ``write_batch("b1", start, count, **kw)``."""
+    from ml.demo import write_batch as write
+
+    def _write(batch_id: str, start: int = 0, count: int = 200, transform=None, extra_files=None, commit=True) -> str:  # type: ignore[no-untyped-def]
+        images, labels = digits
+        chunk = images[start : start + count]
+        write(
+            lake, batch_id, transform(chunk) if transform else chunk, labels[start : start + count], extra_files, commit
+        )
+        return batch_id
+
+    return _write
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """An initialised Airflow metadata DB (SQLite) for dag.test() and DagBag tests."""
+    airflow_home = Path(os.environ["AIRFLOW_HOME"])
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                   env=os.environ.copy(), stdout=subprocess.DEVNULL)  # fmt: skip
+    return airflow_home
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """moto's S3 in server mode over HTTP on loopback; yields its endpoint URL."""
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start")
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    import boto3
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "CT_S3_ENDPOINT_URL": moto_s3}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    bucket = f"ct-{time.monotonic_ns()}"
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
+    return bucket

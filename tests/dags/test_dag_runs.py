@@ -1,0 +1,105 @@
+"""Real DAG runs with ``dag.test()``: the operator runs every ``ml`` step as a subprocess."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ml import layout, registry
+
+
+def states(dag_run) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def curated_event_extras(batch_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "ct_curated_batches")
+        ).all()
+        return [dict(e.extra) for e in rows if batch_id in (e.extra or {}).get("batch_ids", [])]
+
+
+WHEN = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def run_dag(dagbag):  # type: ignore[no-untyped-def]
+    def _run(dag_id: str, when: datetime = WHEN, **kwargs):  # type: ignore[no-untyped-def]
+        # A fixed run_after gives a fixed run_id: calling this twice re-runs the same DAG run.
+        return dagbag.dags[dag_id].test(logical_date=when, run_after=when, **kwargs)
+
+    return _run
+
+
+def test_ingest_curates_and_announces_the_batch(run_dag, write_batch, lake) -> None:
+    write_batch("d1", 0, 200)
+    dag_run = run_dag("ct_ingest", run_conf={"batch_ids": ["d1"]})
+    assert dag_run.state == "success"
+    assert states(dag_run) == {"ingest": "success", "publish_curated": "success", "fail_on_quarantine": "success"}
+    assert lake.exists(layout.manifest("d1"))
+    assert curated_event_extras("d1") == [{"batch_ids": ["d1"]}]
+
+
+def test_ingest_quarantines_a_corrupted_batch_and_fails_visibly(run_dag, write_batch, lake) -> None:
+    write_batch("bad", 0, 60, extra_files={"images/2/oops.png": b"not an image"})
+    dag_run = run_dag("ct_ingest", run_conf={"batch_ids": ["bad"]})
+    assert dag_run.state == "failed"
+    assert states(dag_run) == {"ingest": "success", "publish_curated": "skipped", "fail_on_quarantine": "failed"}
+    assert lake.read_json(layout.quarantine_report("bad"))["failed_rules"] == ["image_decodes"]
+    assert curated_event_extras("bad") == []
+
+
+def test_retrain_end_to_end_then_rerun_duplicates_nothing(run_dag, write_batch, lake, settings) -> None:
+    from ct_airflow.runkey import run_key_from_run_id
+
+    write_batch("r1", 0, 500)
+    assert run_dag("ct_ingest", run_conf={"batch_ids": ["r1"]}).state == "success"
+    curated_keys = lake.list_keys("curated")
+
+    first = run_dag("ct_retrain")
+    assert first.state == "success"
+    assert set(states(first).values()) == {"success"}
+    key = run_key_from_run_id(first.run_id)
+    gate = lake.read_json(layout.report(layout.RETRAIN_DAG, key, "gate.json"))
+    assert gate["decision"] == "promote" and gate["candidate_version"] == "1"
+
+    # The same DAG run again (a clear-and-rerun): same run_id, so same run key.
+    again = run_dag("ct_retrain")
+    assert again.run_id == first.run_id and again.state == "success"
+    assert run_dag("ct_ingest", run_conf={"batch_ids": ["r1"]}).state == "success"
+    client = registry.client(settings)
+    assert [str(v.version) for v in client.search_model_versions(f"name='{settings.model_name}'")] == ["1"]
+    assert lake.list_keys("curated") == curated_keys
+    assert len(lake.list_keys("state/decisions")) == 1
+    assert registry.champion(client, settings.model_name).version == "1"
+
+
+def test_retrain_with_nothing_new_is_skipped_not_failed(run_dag, write_batch) -> None:
+    write_batch("s1", 0, 500)
+    run_dag("ct_ingest", run_conf={"batch_ids": ["s1"]})
+    assert run_dag("ct_retrain").state == "success"
+    later = run_dag("ct_retrain", when=datetime(2026, 2, 2, tzinfo=UTC))
+    assert later.state == "success"
+    assert states(later) == {
+        "drift": "success",
+        "decide": "skipped",
+        "train": "skipped",
+        "evaluate": "skipped",
+        "gate": "skipped",
+    }
+
+
+def test_forced_retrain_param_overrides_the_policy(run_dag, write_batch) -> None:
+    write_batch("f1", 0, 500)
+    run_dag("ct_ingest", run_conf={"batch_ids": ["f1"]})
+    run_dag("ct_retrain")
+    forced = run_dag("ct_retrain", when=datetime(2026, 2, 3, tzinfo=UTC), run_conf={"force_retrain": True})
+    assert states(forced)["decide"] == "success" and states(forced)["gate"] == "success"

@@ -1,0 +1,115 @@
+"""The ml steps end to end against a real MLflow store (SQLite) and a real lake, without Airflow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ml import layout, registry
+from ml.cli import main
+from ml.config import load_settings
+
+
+@pytest.fixture
+def run_step(ct_home, capsys):  # type: ignore[no-untyped-def]
+    def _run(*argv: str) -> dict:
+        code = main(list(argv))
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert code == (1 if "error" in result else 0)
+        return result
+
+    return _run
+
+
+def retrain(run_step, run_key: str, *, force: bool = False) -> dict:  # type: ignore[no-untyped-def]
+    run_step("drift", "--run-key", run_key)
+    decided = run_step("decide", "--run-key", run_key, *(["--force"] if force else []))
+    if "skip" in decided:
+        return decided
+    run_step("train", "--run-key", run_key)
+    run_step("evaluate", "--run-key", run_key)
+    return run_step("gate", "--run-key", run_key)
+
+
+def champion_version(settings) -> str | None:  # type: ignore[no-untyped-def]
+    found = registry.champion(registry.client(settings), settings.model_name)
+    return found.version if found else None
+
+
+def test_bootstrap_promotes_then_worse_candidate_is_rejected(run_step, settings, write_batch, monkeypatch) -> None:
+    write_batch("b1", 0, 500)
+    assert run_step("ingest")["curated"] == ["b1"]
+    first = retrain(run_step, "r1")
+    assert first["decision"] == "promote" and first["champion_version"] is None, first
+    assert champion_version(settings) == first["candidate_version"] == "1"
+
+    # A crippled trainer: one epoch at a tiny learning rate makes a clearly worse candidate.
+    write_batch("b2", 500, 300)
+    run_step("ingest")
+    monkeypatch.setenv("CT_TRAIN__EPOCHS", "1")
+    monkeypatch.setenv("CT_TRAIN__LR", "1e-6")
+    second = retrain(run_step, "r2", force=True)
+    assert second["decision"] == "reject"
+    assert second["candidate_accuracy"] < second["champion_accuracy"]
+    assert "vs champion" in second["reasons"][0]
+    assert champion_version(load_settings()) == "1", "a worse candidate must leave @champion where it was"
+    gate = load_settings()
+    record = json.loads((gate.home / "lake" / layout.report(layout.RETRAIN_DAG, "r2", "gate.json")).read_text())
+    assert record["champion_version"] == "1" and record["candidate_version"] == "2"
+    assert len(record["metrics"]["candidate"]["per_class"]) == 10
+
+
+def test_rerunning_train_and_gate_creates_nothing_twice(run_step, settings, write_batch) -> None:
+    write_batch("b1", 0, 400)
+    run_step("ingest")
+    first = retrain(run_step, "r1")
+    again_train = run_step("train", "--run-key", "r1")
+    again_gate = run_step("gate", "--run-key", "r1")
+    versions = registry.client(settings).search_model_versions(f"name='{settings.model_name}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert again_train["already_done"] and again_train["model_version"] == "1"
+    assert again_gate["already_done"] and again_gate["decision"] == first["decision"]
+    assert len(list((settings.home / "lake" / "state" / "decisions").iterdir())) == 1
+
+
+def test_no_new_data_skips_with_a_reason(run_step, write_batch) -> None:
+    write_batch("b1", 0, 500)
+    run_step("ingest")
+    assert retrain(run_step, "r1")["decision"] == "promote"
+    skipped = retrain(run_step, "r2")
+    assert skipped["skip"] == "skip: no new data since the last decision"
+
+
+def test_ingest_with_nothing_pending_is_a_skip(run_step) -> None:
+    assert run_step("ingest") == {"skip": "no committed landing batch is waiting to be ingested"}
+
+
+def test_drift_is_detected_on_a_brighter_noisier_batch(run_step, write_batch) -> None:
+    from ml.demo import drift
+
+    write_batch("b1", 0, 500)
+    run_step("ingest")
+    retrain(run_step, "r1")
+    write_batch("b2", 500, 300, transform=drift)
+    run_step("ingest")
+    verdict = run_step("drift", "--run-key", "r2")
+    assert verdict["drift_detected"] and {"mean", "bright"} <= set(verdict["drifted_features"])
+    assert verdict["html_uri"].endswith("drift.html")
+    decision = run_step("decide", "--run-key", "r2")
+    assert decision["retrain"] and decision["reasons"][0].startswith("drift on")
+
+
+def test_clean_batch_raises_no_drift(run_step, write_batch) -> None:
+    write_batch("b1", 0, 500)
+    run_step("ingest")
+    retrain(run_step, "r1")
+    write_batch("b2", 500, 400)
+    run_step("ingest")
+    verdict = run_step("drift", "--run-key", "r2")
+    assert not verdict["drift_detected"], verdict
+
+
+def test_scheduled_run_before_any_data_skips(run_step) -> None:
+    run_step("drift", "--run-key", "early")
+    assert run_step("decide", "--run-key", "early")["skip"] == "skip: no curated data yet"

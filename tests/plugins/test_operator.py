@@ -1,0 +1,62 @@
+"""The step operator's local runner and its mapping of step outcomes to task outcomes."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk.exceptions import AirflowSkipException
+
+from ct_airflow.operators import CtIngestOperator, CtStepOperator, StepFailed, parse_result
+from ct_airflow.runkey import is_backfill, run_key_from_run_id, triggering_batch_ids
+
+
+@pytest.mark.parametrize(
+    ("stdout", "expected"),
+    [('log line\n{"a": 1}\n', {"a": 1}), ('{"a": 1}\n\n', {"a": 1})],
+    ids=["last-line", "trailing-blank"],
+)
+def test_parse_result_reads_the_last_json_line(stdout: str, expected: dict) -> None:
+    assert parse_result(stdout) == expected
+
+
+@pytest.mark.parametrize("stdout", ["", "not json", "[1, 2]"], ids=["empty", "not-json", "not-object"])
+def test_parse_result_rejects_broken_contracts(stdout: str) -> None:
+    with pytest.raises(StepFailed):
+        parse_result(stdout)
+
+
+def test_local_runner_maps_nothing_to_do_to_a_skip(ct_home) -> None:
+    operator = CtIngestOperator(task_id="ingest")
+    with pytest.raises(AirflowSkipException, match="no committed landing batch"):
+        operator.execute({"run_id": "manual__x", "params": {}})
+
+
+def test_local_runner_failure_carries_the_steps_reason(ct_home) -> None:
+    operator = CtStepOperator(task_id="train", step="train")
+    with pytest.raises(StepFailed, match="no data window for run 'manual__x'"):
+        operator.execute({"run_id": "manual__x", "params": {}})
+
+
+def test_unknown_step_is_refused_at_parse_time() -> None:
+    with pytest.raises(ValueError, match="unknown ml step 'trian'"):
+        CtStepOperator(task_id="t", step="trian")
+
+
+def test_run_key_is_path_safe_and_stable() -> None:
+    key = run_key_from_run_id("scheduled__2026-01-01T03:00:00+00:00")
+    assert key == "scheduled__2026-01-01T03-00-00-00-00"
+    assert run_key_from_run_id("scheduled__2026-01-01T03:00:00+00:00") == key
+
+
+def test_batch_ids_come_from_trigger_payloads_and_task_extras() -> None:
+    class Event:
+        def __init__(self, extra: dict) -> None:
+            self.extra = extra
+
+    context = {"triggering_asset_events": {"landing": [Event({"from_trigger": True, "payload": {"batch_ids": ["a", "b"]}})],
+                                           "curated": [Event({"batch_ids": ["b", "c"]})]}}  # fmt: skip
+    assert triggering_batch_ids(context) == ["a", "b", "c"]
+
+
+def test_backfill_runs_are_recognised() -> None:
+    assert is_backfill({"run_id": "backfill__2026-01-01T03:00:00+00:00"})
+    assert not is_backfill({"run_id": "scheduled__2026-01-01T03:00:00+00:00"})

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import asyncio
+
+from ct_airflow.links import report_url
+from ct_airflow.triggers import NewLandingBatchTrigger, claim_new_batches
+
+
+def test_watcher_announces_each_committed_batch_once(lake, settings, write_batch) -> None:
+    write_batch("a", 0, 30)
+    write_batch("still-writing", 30, 30, commit=False)
+    assert claim_new_batches(settings.lake_uri) == ["a"]
+    assert claim_new_batches(settings.lake_uri) == [], "consumed: the same batch never fires twice"
+    write_batch("b", 60, 30)
+    assert claim_new_batches(None) == ["b"]  # None: the lake comes from the configuration
+
+
+def test_trigger_yields_an_event_with_the_batch_ids(lake, settings, write_batch) -> None:
+    write_batch("x1", 0, 30)
+    trigger = NewLandingBatchTrigger(poll_interval=0.01)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "ct_airflow.triggers.NewLandingBatchTrigger"
+    assert kwargs == {"lake_uri": None, "poll_interval": 0.01}
+
+    async def first_event():  # type: ignore[no-untyped-def]
+        return await asyncio.wait_for(anext(trigger.run()), timeout=20)
+
+    event = asyncio.run(first_event())
+    assert event.payload == {"batch_ids": ["x1"]}
+
+
+def test_report_links_point_at_the_lake_viewer() -> None:
+    root = "file:///srv/ct/lake"
+    assert (
+        report_url({"html_uri": f"{root}/reports/ct_retrain/k/drift.html"}, root)
+        == "/ct/lake/reports/ct_retrain/k/drift.html"
+    )
+    quarantined = {"quarantined": [{"report_uri": f"{root}/quarantine/b/report.json"}], "batches": []}
+    assert (
+        report_url(quarantined, root, "http://airflow:8080/") == "http://airflow:8080/ct/lake/quarantine/b/report.json"
+    )
+    assert report_url({"html_uri": "s3://elsewhere/x"}, root) == ""

@@ -1,0 +1,43 @@
+"""The ``/ct`` report viewer: serves only report prefixes of the lake, never paths outside it."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def client(lake):  # type: ignore[no-untyped-def]
+    from airflow.api_fastapi.core_api.security import get_user
+
+    from ct_airflow.webapp import create_app
+
+    app = create_app()
+    app.dependency_overrides[get_user] = lambda: {"name": "tester"}
+    lake.write_bytes("reports/ct_retrain/k/gate.md", b"# Gate decision")
+    lake.write_json("state/decisions/20260101T000000-k.json", {"run_key": "k", "decision": "promote"})
+    lake.write_bytes("state/policy.json", b"{}")
+    lake.write_bytes("landing/b/images/1/x.png", b"raw")
+    return TestClient(app)
+
+
+def test_serves_reports_and_decisions(client) -> None:
+    page = client.get("/lake/reports/ct_retrain/k/gate.md")
+    assert page.status_code == 200 and page.text == "# Gate decision"
+    assert client.get("/decisions").json() == [{"run_key": "k", "decision": "promote"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/lake/landing/b/images/1/x.png", 404), ("/lake/state/policy.json", 404), ("/lake/reports/nope.json", 404),
+     ("/lake/reports/..%2F..%2Fetc/passwd", 400)],
+    ids=["landing", "state", "missing", "traversal"],
+)  # fmt: skip
+def test_refuses_everything_else(client, path: str, status: int) -> None:
+    assert client.get(path).status_code == status
+
+
+def test_requires_an_airflow_login(lake) -> None:
+    from ct_airflow.webapp import create_app
+
+    assert TestClient(create_app()).get("/decisions").status_code in (401, 403)
