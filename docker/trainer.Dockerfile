@@ -19,10 +19,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CT_HOME=/tmp/ct
 
 WORKDIR /opt/ct
-# The step libraries only, pinned to the versions in the lock; torch and torchvision come from the base.
+# The step libraries only; the lock pins them and every transitive dependency (as constraints).
+# torch and torchvision come from the base image; none of these libraries asks for them.
 COPY requirements.lock ./
-RUN grep -E '^(great_expectations|evidently|mlflow|mlflow-skinny|mlflow-tracing|pandas|numpy|pyarrow|pillow|scikit-learn|scipy|boto3|botocore|s3transfer|psycopg2-binary|pydantic|pydantic_core|PyYAML)==' requirements.lock > trainer-requirements.txt \
-    && python -m pip install -r trainer-requirements.txt
+RUN python -m pip install -c requirements.lock \
+        great-expectations evidently mlflow pandas numpy pyarrow pillow scipy scikit-learn boto3 psycopg2-binary pydantic pyyaml
 COPY pyproject.toml README.md ./
 COPY ml ./ml
 RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.train, ml.drift, ml.validate"

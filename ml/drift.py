@@ -94,7 +94,7 @@ def detect_drift(lake: Lake, cfg: DriftConfig, window: Window) -> dict[str, Any]
     json_key = layout.report(layout.RETRAIN_DAG, window.run_key, "drift.json")
     base = {"run_key": window.run_key, "new_batches": window.new_batches, "reference_batches": window.reference_batches}
     if not window.new_batches or not window.reference_batches:
-        reason = "no new batches" if not window.new_batches else "no champion training data to compare with"
+        reason = "no new batches" if not window.new_batches else "no champion to compare with"
         verdict = {**base, "drift_detected": False, "skipped": reason, "features": {}}
         lake.write_json(json_key, verdict)
         return {**verdict, "report_uri": lake.uri(json_key)}

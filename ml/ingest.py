@@ -136,6 +136,17 @@ def _decode(data: bytes, settings: Settings) -> tuple[dict[str, Any], np.ndarray
     return stats, resized.reshape(size, size, settings.image.channels)
 
 
+def _decode_error(data: bytes, exc: Exception) -> str:
+    """A reason a person can act on, without the decoder's object reprs."""
+    from PIL import UnidentifiedImageError
+
+    if not data:
+        return "empty file (0 bytes)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format"
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
     """One manifest row per file in the batch, and the decoded images of the rows that decoded."""
     import numpy as np
@@ -167,7 +178,7 @@ def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.Da
             try:
                 stats, pixels = _decode(data, settings)
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                row["error"] = _decode_error(data, exc)
             else:
                 row.update(stats, decode_ok=True, row=len(images))
                 images.append(pixels)

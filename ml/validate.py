@@ -27,7 +27,7 @@ class RuleFailure:
     why: str
     unexpected_count: int
     observed: Any = None
-    sample_rows: list[str] = field(default_factory=list)
+    sample_rows: list[dict[str, str]] = field(default_factory=list)  # uri, and the decoder's error if any
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def validate_manifest(manifest: pd.DataFrame, settings: Settings) -> ValidationO
     result = definition.run(
         batch_parameters={"dataframe": manifest},
         expectation_parameters=suite_parameters(settings, list(manifest.columns)),
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["uri"]},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["uri", "error"]},
     )
     failures = []
     for res in result.results:
@@ -100,7 +100,11 @@ def validate_manifest(manifest: pd.DataFrame, settings: Settings) -> ValidationO
             raise RuntimeError("a GX result came back without its expectation configuration")
         meta = config.meta or {}
         details = res.result or {}
-        rows = [str(row.get("uri")) for row in (details.get("unexpected_index_list") or []) if isinstance(row, dict)]
+        rows = [
+            {"uri": str(row.get("uri")), **({"error": str(row["error"])} if row.get("error") else {})}
+            for row in (details.get("unexpected_index_list") or [])
+            if isinstance(row, dict)
+        ]
         failures.append(
             RuleFailure(
                 rule=str(meta.get("rule", config.type)),

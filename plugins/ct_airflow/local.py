@@ -194,7 +194,7 @@ def demo() -> int:
             candidate=_fmt(gate.get("metrics", {}).get("candidate", {}).get("accuracy")),
             p_value=_fmt(gate.get("checks", {}).get("significance", {}).get("p_value")),
             guard=_fmt(gate.get("checks", {}).get("non_inferiority", {}).get("passed")),
-            decision=gate.get("decision") or f"skipped ({states.get('decide')})",
+            decision=gate.get("decision") or ("no retrain" if states.get("decide") == "skipped" else "-"),
             reason="; ".join(gate.get("reasons") or decision.get("reasons") or []),
         )
         rows.append(row)

@@ -27,6 +27,24 @@ def curated_event_extras(batch_id: str) -> list[dict]:
         return [dict(e.extra) for e in rows if batch_id in (e.extra or {}).get("batch_ids", [])]
 
 
+def extra_link(dag_run, task_id: str, link_class: str) -> str:  # type: ignore[no-untyped-def]
+    """The link Airflow stored for a finished task (links are computed on the worker in Airflow 3)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == f"_link_{link_class}",
+            )
+        )
+    return str(value)
+
+
 WHEN = datetime(2026, 2, 1, tzinfo=UTC)
 
 
@@ -70,6 +88,8 @@ def test_retrain_end_to_end_then_rerun_duplicates_nothing(run_dag, write_batch, 
     key = run_key_from_run_id(first.run_id)
     gate = lake.read_json(layout.report(layout.RETRAIN_DAG, key, "gate.json"))
     assert gate["decision"] == "promote" and gate["candidate_version"] == "1"
+    assert extra_link(first, "gate", "ReportLink") == f"/ct/lake/reports/ct_retrain/{key}/gate.json"
+    assert extra_link(first, "train", "MlflowModelLink").endswith("/#/models/ct-classifier/versions/1")
 
     # The same DAG run again (a clear-and-rerun): same run_id, so same run key.
     again = run_dag("ct_retrain")

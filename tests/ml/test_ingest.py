@@ -42,9 +42,12 @@ def test_corrupted_batch_is_quarantined_naming_each_rule_and_row(lake, settings,
     assert report["failed_rules"] == ["image_decodes", "label_in_set"]
     by_rule = {f["rule"]: f for f in report["failures"]}
     assert by_rule["image_decodes"]["unexpected_count"] == 2
-    assert sorted(r.rsplit("/", 2)[-2] + "/" + r.rsplit("/", 1)[-1] for r in by_rule["image_decodes"]["sample_rows"]) == [
-        "3/broken.png", "4/empty.png"]  # fmt: skip
-    assert by_rule["label_in_set"]["sample_rows"] == [lake.uri("landing/bad/images/zebra/z.png")]
+    decode_rows = {row["uri"]: row["error"] for row in by_rule["image_decodes"]["sample_rows"]}
+    assert decode_rows == {
+        lake.uri("landing/bad/images/3/broken.png"): "OSError: Truncated File Read",
+        lake.uri("landing/bad/images/4/empty.png"): "empty file (0 bytes)",
+    }
+    assert by_rule["label_in_set"]["sample_rows"] == [{"uri": lake.uri("landing/bad/images/zebra/z.png")}]
     assert not lake.exists(layout.manifest("bad")), "a rejected batch must not be curated"
     assert lake.exists("landing/bad/_COMMITTED"), "the landing data is kept"
 
