@@ -46,11 +46,6 @@ with DAG(
     )
     train = CtStepOperator(task_id="train", step="train", retries=2, execution_timeout=timedelta(hours=6))
     evaluate = CtStepOperator(task_id="evaluate", step="evaluate")
-    gate = CtStepOperator(
-        task_id="gate",
-        step="gate",
-        step_args=[
-            "{{ '--no-promote' if run_id.startswith('backfill__') and not params.allow_backfill_promote else '' }}"
-        ],
-    )
+    # Backfill runs pass --backfill (and --allow-backfill-promote when the param is set) to the gate.
+    gate = CtStepOperator(task_id="gate", step="gate")
     drift >> decide >> train >> evaluate >> gate

@@ -117,7 +117,9 @@ def step_evaluate(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
 def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
     from ml.promote import run_gate
 
-    record = run_gate(lake, settings, args.run_key, allow_promote=not args.no_promote)
+    record = run_gate(
+        lake, settings, args.run_key, backfill=args.backfill, allow_backfill_promote=args.allow_backfill_promote
+    )
     keep = (
         "run_key",
         "decision",
@@ -126,7 +128,9 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
         "champion_version",
         "eval_rows",
         "gate_uri",
+        "gate_md_uri",
         "already_done",
+        "backfill",
     )
     summary = {k: record[k] for k in keep}
     summary["candidate_accuracy"] = record["metrics"]["candidate"]["accuracy"]
@@ -136,6 +140,20 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
     return summary
 
 
+def step_override(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.promote import run_override
+
+    run_key = args.run_key or f"cli-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    version = args.to if args.step == "rollback" else args.version
+    return run_override(lake, settings, args.step, str(version), args.reason, run_key, actor=args.actor)
+
+
+def step_freeze_golden(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.ingest import freeze_golden
+
+    return freeze_golden(lake, args.batch_id, args.name, settings)
+
+
 STEPS: dict[str, Step] = {
     "ingest": step_ingest,
     "drift": step_drift,
@@ -143,6 +161,9 @@ STEPS: dict[str, Step] = {
     "train": step_train,
     "evaluate": step_evaluate,
     "gate": step_gate,
+    "rollback": step_override,
+    "promote": step_override,
+    "freeze-golden": step_freeze_golden,
 }
 
 
@@ -164,7 +185,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         if name == "decide":
             step.add_argument("--force", action="store_true", help="retrain whatever the policy says")
         if name == "gate":
-            step.add_argument("--no-promote", action="store_true", help="evaluate and record, never move the alias")
+            step.add_argument("--backfill", action="store_true", help="a backfill run: record, do not promote")
+            step.add_argument("--allow-backfill-promote", action="store_true", help="let this backfill run promote")
+    for name, target, text in [("rollback", "--to", "point @champion back at an earlier version"),
+                               ("promote", "--version", "force @champion onto a version, bypassing the gate")]:  # fmt: skip
+        step = sub.add_parser(name, help=text)
+        step.add_argument(target, required=True, type=_checked_id, help="registered model version")
+        step.add_argument("--reason", required=True, help="why; recorded in the decision history")
+        step.add_argument("--run-key", type=_checked_id, help="idempotency key (default: a timestamp)")
+        step.add_argument("--actor", default=os.environ.get("USER", "cli"), help="who asked, for the record")
+    golden = sub.add_parser("freeze-golden", help="validate a landing batch into a frozen golden eval set")
+    golden.add_argument("--batch-id", required=True, type=_checked_id)
+    golden.add_argument("--name", required=True, type=_checked_id)
     return parser
 
 

@@ -95,6 +95,14 @@ class GateConfig(_Section):
     min_support: int = Field(10, ge=1, description="Classes with fewer eval rows cannot veto")
     floor_accuracy: float = Field(0.8, ge=0, le=1, description="Absolute floor for the first model")
     eval_recent_batches: int = Field(3, ge=1, description="Test splits of this many newest batches form the eval set")
+    golden_set: str | None = Field(
+        None, description="Lake prefix of a frozen eval set (golden/<name>), added to the rows"
+    )
+    bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples for non-accuracy metrics")
+    bootstrap_seed: int = 0
+    max_latency_p95_ms: float | None = Field(None, gt=0, description="Budget: CPU p95 latency per eval batch")
+    max_size_mb: float | None = Field(None, gt=0, description="Budget: parameters plus buffers, in MB")
+    latency_batch_size: int = Field(64, ge=1)
 
 
 class KubernetesConfig(_Section):

@@ -1,11 +1,15 @@
 """The promotion gate: pure decision rules over paired predictions on the same evaluation rows.
 
-Rules, in order (the first that fails decides a reject; every check is recorded either way):
-1. No champion: promote only if the candidate's accuracy clears ``gate.floor_accuracy``.
-2. Superiority: the candidate's primary metric beats the champion's by more than ``gate.margin``,
-   and for accuracy an exact one-sided McNemar test on the paired outcomes has p < ``gate.alpha``.
-3. Non-inferiority: no class with at least ``gate.min_support`` rows loses more than
+Every check runs and is recorded; a single failed check means reject. The checks:
+
+1. **No champion:** promote only if the candidate's accuracy clears ``gate.floor_accuracy``.
+2. **Superiority:** the candidate's primary metric beats the champion's by more than ``gate.margin``,
+   and the difference is significant at ``gate.alpha`` on the paired rows: an exact one-sided
+   McNemar test for accuracy, a paired bootstrap of the difference (fixed seed) for macro-F1.
+3. **Non-inferiority:** no class with at least ``gate.min_support`` rows loses more than
    ``gate.recall_epsilon`` recall. Smaller classes are reported but cannot veto.
+4. **Budgets (optional):** the candidate's CPU p95 latency per batch and its size stay within
+   ``gate.max_latency_p95_ms`` and ``gate.max_size_mb``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...]) -> 
     }
 
 
-def mcnemar_exact(y_true: np.ndarray, candidate: np.ndarray, champion: np.ndarray) -> dict[str, float]:
+def mcnemar_exact(y_true: np.ndarray, candidate: np.ndarray, champion: np.ndarray) -> dict[str, Any]:
     """One-sided exact McNemar: is the candidate right more often where the two models disagree?"""
     from scipy.stats import binomtest
 
@@ -56,7 +60,50 @@ def mcnemar_exact(y_true: np.ndarray, candidate: np.ndarray, champion: np.ndarra
     p_value = (
         1.0 if discordant == 0 else float(binomtest(only_candidate, discordant, 0.5, alternative="greater").pvalue)
     )
-    return {"only_candidate_right": only_candidate, "only_champion_right": only_champion, "p_value": p_value}
+    return {
+        "test": "mcnemar_exact_one_sided",
+        "only_candidate_right": only_candidate,
+        "only_champion_right": only_champion,
+        "p_value": p_value,
+    }
+
+
+def _macro_f1_batch(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-F1 for each row of index-resampled ``(B, n)`` label arrays, vectorised over B."""
+    b = y_true.shape[0]
+    offset = (np.arange(b) * n_classes)[:, None]
+    support = np.bincount((offset + y_true).ravel(), minlength=b * n_classes).reshape(b, n_classes)
+    predicted = np.bincount((offset + y_pred).ravel(), minlength=b * n_classes).reshape(b, n_classes)
+    hit = np.where(y_true == y_pred, offset + y_true, -1).ravel()
+    hits = np.bincount(hit[hit >= 0], minlength=b * n_classes).reshape(b, n_classes)
+    denominator = support + predicted
+    f1 = np.divide(2 * hits, denominator, out=np.zeros(hits.shape), where=denominator > 0)
+    present = support > 0
+    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def paired_bootstrap(
+    y_true: np.ndarray, candidate: np.ndarray, champion: np.ndarray, n_classes: int, cfg: GateConfig
+) -> dict[str, Any]:
+    """Bootstrap the macro-F1 difference on resampled rows (the same rows for both models)."""
+    rng = np.random.default_rng(cfg.bootstrap_seed)
+    diffs = []
+    for start in range(0, cfg.bootstrap_samples, 500):  # chunks bound the memory at 500 x n
+        idx = rng.integers(0, len(y_true), size=(min(500, cfg.bootstrap_samples - start), len(y_true)))
+        truth = y_true[idx]
+        diffs.append(
+            _macro_f1_batch(truth, candidate[idx], n_classes) - _macro_f1_batch(truth, champion[idx], n_classes)
+        )
+    delta = np.concatenate(diffs)
+    return {
+        "test": "paired_bootstrap_macro_f1",
+        "samples": cfg.bootstrap_samples,
+        "seed": cfg.bootstrap_seed,
+        "ci_low": float(np.quantile(delta, cfg.alpha)),
+        "ci_high": float(np.quantile(delta, 1 - cfg.alpha)),
+        # One-sided: how often a resample shows no improvement beyond the margin.
+        "p_value": float((delta <= cfg.margin).mean()),
+    }
 
 
 @dataclass
@@ -72,36 +119,53 @@ class GateDecision:
         return asdict(self)
 
 
+def _budget_checks(cost: dict[str, float], cfg: GateConfig) -> tuple[dict[str, Any], list[str]]:
+    checks: dict[str, Any] = {}
+    reasons = []
+    for name, value_key, limit, unit in (
+        ("latency_budget", "latency_p95_ms", cfg.max_latency_p95_ms, "ms"),
+        ("size_budget", "size_mb", cfg.max_size_mb, "MB"),
+    ):
+        value = cost.get(value_key)
+        if limit is None or value is None:
+            continue
+        ok = value <= limit
+        checks[name] = {"value": value, "limit": limit, "passed": ok}
+        if not ok:
+            reasons.append(f"{value_key} {value:.2f} {unit} exceeds budget {limit:g} {unit}")
+    return checks, reasons
+
+
 def decide(
     y_true: np.ndarray,
     candidate_pred: np.ndarray,
     champion_pred: np.ndarray | None,
     labels: tuple[str, ...],
     cfg: GateConfig,
+    candidate_cost: dict[str, float] | None = None,
 ) -> GateDecision:
     cand = metrics(y_true, candidate_pred, labels)
     thresholds = cfg.model_dump()
     if len(y_true) == 0:
         return GateDecision("reject", ["no evaluation rows: nothing to compare on"], cand, None, {}, thresholds)
+    budget_checks, budget_reasons = _budget_checks(candidate_cost or {}, cfg)
 
     if champion_pred is None:
         ok = cand["accuracy"] >= cfg.floor_accuracy
-        verdict = "promote" if ok else "reject"
+        floor = {"floor": {"accuracy": cand["accuracy"], "floor": cfg.floor_accuracy, "passed": ok}, **budget_checks}
         reason = f"first model: accuracy {cand['accuracy']:.4f} {'>=' if ok else '<'} floor {cfg.floor_accuracy:.4f}"
-        return GateDecision(verdict, [reason], cand, None, {"floor": {"passed": ok}}, thresholds)
+        verdict = "promote" if ok and not budget_reasons else "reject"
+        return GateDecision(verdict, [reason, *budget_reasons], cand, None, floor, thresholds)
 
     champ = metrics(y_true, champion_pred, labels)
-    checks: dict[str, Any] = {}
-    reasons: list[str] = []
-
     metric = cfg.primary_metric
     delta = cand[metric] - champ[metric]
     superior = delta > cfg.margin
-    checks["superiority"] = {"metric": metric, "candidate": cand[metric], "champion": champ[metric],
-                             "delta": delta, "margin": cfg.margin, "passed": superior}  # fmt: skip
-    test = mcnemar_exact(y_true, candidate_pred, champion_pred)
+    if metric == "accuracy":
+        test = mcnemar_exact(y_true, candidate_pred, champion_pred)
+    else:
+        test = paired_bootstrap(y_true, candidate_pred, champion_pred, len(labels), cfg)
     significant = test["p_value"] < cfg.alpha
-    checks["significance"] = {"test": "mcnemar_exact_one_sided", **test, "alpha": cfg.alpha, "passed": significant}
 
     drops = []
     for label in labels:
@@ -113,24 +177,34 @@ def decide(
         drops.append({"label": label, "support": c["support"], "champion_recall": p["recall"],
                       "candidate_recall": c["recall"], "drop": drop, "vetoes": vetoes})  # fmt: skip
     vetoed = [d for d in drops if d["vetoes"]]
-    checks["non_inferiority"] = {"epsilon": cfg.recall_epsilon, "min_support": cfg.min_support,
-                                 "classes": drops, "passed": not vetoed}  # fmt: skip
+    checks: dict[str, Any] = {
+        "superiority": {"metric": metric, "candidate": cand[metric], "champion": champ[metric],
+                        "delta": delta, "margin": cfg.margin, "passed": superior},
+        "significance": {**test, "alpha": cfg.alpha, "passed": significant},
+        "non_inferiority": {"epsilon": cfg.recall_epsilon, "min_support": cfg.min_support,
+                            "classes": drops, "passed": not vetoed},
+        **budget_checks,
+    }  # fmt: skip
 
+    reasons: list[str] = []
     if not superior:
         reasons.append(
-            f"{metric} {cand[metric]:.4f} vs champion {champ[metric]:.4f}: delta {delta:+.4f} <= margin {cfg.margin}"
+            f"{metric} {cand[metric]:.4f} vs champion {champ[metric]:.4f}: delta {delta:+.4f} <= margin {cfg.margin:g}"
         )
     elif not significant:
-        reasons.append(f"not significant (p={test['p_value']:.3g} >= alpha {cfg.alpha})")
+        reasons.append(f"not significant (p={test['p_value']:.3g} >= alpha {cfg.alpha:g})")
     for d in vetoed:
         reasons.append(
-            f"class {d['label']} recall dropped {d['drop']:.3f} > epsilon {cfg.recall_epsilon} (support {d['support']})"
+            f"class {d['label']} recall dropped {d['drop']:.3f} > epsilon {cfg.recall_epsilon:g} (support {d['support']})"
         )
+    reasons += budget_reasons
     if reasons:
         return GateDecision("reject", reasons, cand, champ, checks, thresholds)
-    return GateDecision(
-        "promote",
-        [f"{metric} {cand[metric]:.4f} beats champion {champ[metric]:.4f} by {delta:+.4f} (p={test['p_value']:.3g}); "
-         f"no supported class lost more than {cfg.recall_epsilon} recall"],
-        cand, champ, checks, thresholds,
-    )  # fmt: skip
+    small = [d["label"] for d in drops if not d["vetoes"] and d["drop"] > cfg.recall_epsilon]
+    why = (
+        f"{metric} {cand[metric]:.4f} beats champion {champ[metric]:.4f} by {delta:+.4f} (p={test['p_value']:.3g}); "
+        f"no class with support >= {cfg.min_support} lost more than {cfg.recall_epsilon:g} recall"
+    )
+    if small:
+        why += f" (below min_support, reported only: {', '.join(small)})"
+    return GateDecision("promote", [why], cand, champ, checks, thresholds)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml import layout
 from ml.config import Settings
-from ml.errors import BatchNotFound, UnsafePath
+from ml.errors import BatchNotFound, CtError, UnsafePath
 from ml.storage import Lake, LocalLake, clean_key
 
 if TYPE_CHECKING:
@@ -50,9 +50,15 @@ def quarantined_batches(lake: Lake) -> list[str]:
     return [b for b in lake.list_children(layout.QUARANTINE) if lake.exists(layout.quarantine_report(b))]
 
 
+def golden_source_batches(lake: Lake) -> set[str]:
+    """Landing batches frozen into golden sets: evaluation only, never curated for training."""
+    return {lake.read_json(layout.golden_source(n))["batch_id"] for n in lake.list_children(layout.GOLDEN)
+            if lake.exists(layout.golden_source(n))}  # fmt: skip
+
+
 def pending_batches(lake: Lake) -> list[str]:
-    """Committed batches that have neither been curated nor quarantined yet."""
-    done = set(curated_batches(lake)) | set(quarantined_batches(lake))
+    """Committed batches that have been neither curated, quarantined nor frozen as a golden set."""
+    done = set(curated_batches(lake)) | set(quarantined_batches(lake)) | golden_source_batches(lake)
     return [b for b in committed_batches(lake) if b not in done]
 
 
@@ -190,15 +196,19 @@ def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.Da
     return manifest, stacked
 
 
-def ingest_batch(lake: Lake, batch_id: str, settings: Settings) -> dict[str, Any]:
-    """Curate or quarantine one batch. Re-running it on a curated batch changes nothing."""
+def ingest_batch(
+    lake: Lake, batch_id: str, settings: Settings, root: str = layout.CURATED, dataset_id: str | None = None
+) -> dict[str, Any]:
+    """Curate (into ``root/dataset_id``) or quarantine one batch. Re-running a curated batch changes nothing."""
     import numpy as np
 
     from ml.validate import validate_manifest
 
-    if lake.exists(layout.manifest(batch_id)):
-        log.info("batch %s is already curated; nothing to redo", batch_id)
-        return {"batch_id": batch_id, "status": "curated", "already_done": True, **_curated_summary(lake, batch_id)}
+    dataset_id = dataset_id or batch_id
+    if lake.exists(layout.manifest(dataset_id, root)):
+        log.info("batch %s is already in %s/%s; nothing to redo", batch_id, root, dataset_id)
+        return {"batch_id": batch_id, "status": "curated", "already_done": True,
+                **_curated_summary(lake, dataset_id, root)}  # fmt: skip
 
     manifest, images = build_manifest(lake, batch_id, settings)
     outcome = validate_manifest(manifest, settings)
@@ -226,21 +236,40 @@ def ingest_batch(lake: Lake, batch_id: str, settings: Settings) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="ct-ingest-") as tmp:
         shard = Path(tmp) / "images.npy"
         np.save(shard, images)
-        lake.write_file(layout.shard(batch_id), shard)
+        lake.write_file(layout.shard(dataset_id, root), shard)
     # The manifest is written last: its presence is what makes the batch curated.
-    _write_parquet(lake, layout.manifest(batch_id), manifest)
+    _write_parquet(lake, layout.manifest(dataset_id, root), manifest)
     if lake.exists(layout.quarantine_report(batch_id)):
         lake.delete_prefix(layout.quarantine(batch_id))  # an earlier rejection was fixed by configuration
     log.info("batch %s curated: %d images", batch_id, len(manifest))
-    return {"batch_id": batch_id, "status": "curated", "already_done": False, **_curated_summary(lake, batch_id)}
+    return {
+        "batch_id": batch_id,
+        "status": "curated",
+        "already_done": False,
+        **_curated_summary(lake, dataset_id, root),
+    }
 
 
-def _curated_summary(lake: Lake, batch_id: str) -> dict[str, Any]:
-    manifest = read_manifest(lake, batch_id)
+def freeze_golden(lake: Lake, batch_id: str, name: str, settings: Settings) -> dict[str, Any]:
+    """Validate a committed landing batch into ``golden/<name>``: a frozen set added to every evaluation."""
+    if lake.exists(layout.golden_source(name)):
+        source = lake.read_json(layout.golden_source(name))
+        if source["batch_id"] != batch_id:
+            raise CtError(f"golden set {name!r} is frozen from batch {source['batch_id']}; choose another name")
+    if batch_id in curated_batches(lake):
+        raise CtError(f"batch {batch_id} is already curated for training; a golden set must be data no model trains on")
+    result = ingest_batch(lake, batch_id, settings, root=layout.GOLDEN, dataset_id=name)
+    if result["status"] == "curated":
+        lake.write_json(layout.golden_source(name), {"batch_id": batch_id, "name": name})
+    return {**result, "golden_set": name}
+
+
+def _curated_summary(lake: Lake, dataset_id: str, root: str = layout.CURATED) -> dict[str, Any]:
+    manifest = read_manifest(lake, dataset_id, root)
     return {
         "images": len(manifest),
         "splits": {str(k): int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
-        "manifest_uri": lake.uri(layout.manifest(batch_id)),
+        "manifest_uri": lake.uri(layout.manifest(dataset_id, root)),
     }
 
 
@@ -251,10 +280,10 @@ def _write_parquet(lake: Lake, key: str, frame: pd.DataFrame) -> None:
         lake.write_file(key, path)
 
 
-def read_manifest(lake: Lake, batch_id: str) -> pd.DataFrame:
+def read_manifest(lake: Lake, batch_id: str, root: str = layout.CURATED) -> pd.DataFrame:
     import pandas as pd
 
-    with lake.local_file(layout.manifest(batch_id)) as path:
+    with lake.local_file(layout.manifest(batch_id, root)) as path:
         return pd.read_parquet(path)
 
 
@@ -263,11 +292,11 @@ def manifest_hash(lake: Lake, batch_id: str) -> str:
     return hashlib.sha256(lake.read_bytes(layout.manifest(batch_id))).hexdigest()
 
 
-def load_images(lake: Lake, batch_id: str) -> np.ndarray:
+def load_images(lake: Lake, batch_id: str, root: str = layout.CURATED) -> np.ndarray:
     """The batch's shard: memory-mapped when the lake is local."""
     import numpy as np
 
     if isinstance(lake, LocalLake):
-        return np.load(lake.path(layout.shard(batch_id)), mmap_mode="r")
-    with lake.local_file(layout.shard(batch_id)) as path:
+        return np.load(lake.path(layout.shard(batch_id, root)), mmap_mode="r")
+    with lake.local_file(layout.shard(batch_id, root)) as path:
         return np.load(path)

@@ -7,12 +7,14 @@ from ml.storage import join
 LANDING = "landing"
 CURATED = "curated"
 QUARANTINE = "quarantine"
+GOLDEN = "golden"
 REPORTS = "reports"
 STATE = "state"
 COMMIT_MARKER = "_COMMITTED"
 
 INGEST_DAG = "ct_ingest"
 RETRAIN_DAG = "ct_retrain"
+OPS_DAG = "ct_ops"
 
 __all__ = ["join"]
 
@@ -29,12 +31,16 @@ def curated(batch_id: str) -> str:
     return join(CURATED, batch_id)
 
 
-def manifest(batch_id: str) -> str:
-    return join(CURATED, batch_id, "manifest.parquet")
+def manifest(batch_id: str, root: str = CURATED) -> str:
+    return join(root, batch_id, "manifest.parquet")
 
 
-def shard(batch_id: str) -> str:
-    return join(CURATED, batch_id, "shards", "images.npy")
+def shard(batch_id: str, root: str = CURATED) -> str:
+    return join(root, batch_id, "shards", "images.npy")
+
+
+def golden_source(name: str) -> str:
+    return join(GOLDEN, name, "source.json")
 
 
 def quarantine(batch_id: str) -> str:

@@ -6,6 +6,7 @@ re-reads the alias, moves it only if it still points where the caller evaluated,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -132,22 +133,25 @@ def load_model(settings: Settings, version: VersionInfo) -> Any:
 
 @contextmanager
 def promotion_lock(lake: Lake, owner: str, timeout_s: float = 120.0, stale_s: float = 900.0) -> Iterator[None]:
-    """Serialise promotions with a lock object in the lake; a stale lock (crashed holder) is broken."""
+    """Serialise promotions: a lock object created with an exclusive write (O_EXCL, S3 If-None-Match).
+
+    A lock older than ``stale_s`` belongs to a holder that crashed and is broken, with a warning.
+    """
     key = layout.state(PROMOTION_LOCK)
-    token = f"{owner}:{uuid.uuid4().hex}"
+    token = uuid.uuid4().hex
+    body = json.dumps({"token": token, "owner": owner, "at": time.time()}).encode()
     deadline = time.monotonic() + timeout_s
-    while True:
-        current = lake.read_json_or(key, None)
-        if current is None or time.time() - float(current.get("at", 0)) > stale_s:
-            lake.write_json(key, {"token": token, "at": time.time()})
-            time.sleep(0.2)  # let a racing writer's put land, then see who won
-            if lake.read_json_or(key, {}).get("token") == token:
-                break
+    while not lake.create_exclusive(key, body):
+        holder = lake.read_json_or(key, None)
+        if holder is not None and time.time() - float(holder.get("at", 0)) > stale_s:
+            log.warning("breaking a stale promotion lock held by %s", holder)
+            lake.delete_prefix(key)
+            continue
         if time.monotonic() > deadline:
             raise CtError(
-                f"could not take the promotion lock at {lake.uri(key)} within {timeout_s:.0f}s; held by {current}"
+                f"could not take the promotion lock {lake.uri(key)} within {timeout_s:.0f}s; held by {holder}"
             )
-        time.sleep(0.5)
+        time.sleep(0.2)
     try:
         yield
     finally:

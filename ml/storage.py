@@ -68,6 +68,10 @@ class Lake(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist yet; True if this call created it (a lock primitive)."""
+
+    @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
         """All keys under ``prefix`` (recursive), relative to the lake root, sorted."""
 
@@ -140,6 +144,17 @@ class LocalLake(Lake):
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return True
+
     def list_keys(self, prefix: str) -> list[str]:
         base = self.path(prefix)
         if not base.is_dir():
@@ -207,6 +222,23 @@ class S3Lake(Lake):
 
     def write_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            # S3 conditional write: fails with 412 if the key exists (and 409 on a concurrent race).
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+                "412",
+                "409",
+            ):
+                return False
+            raise
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperatorLink
 
 WEBAPP_PREFIX = "/ct"
 # Which of a step's outputs a person most wants to open, in order of preference.
-REPORT_FIELDS = ("html_uri", "gate_uri", "eval_uri", "decision_uri", "report_uri", "manifest_uri")
+REPORT_FIELDS = ("html_uri", "gate_md_uri", "gate_uri", "eval_uri", "decision_uri", "report_uri", "manifest_uri")
 
 
 def lake_key(uri: str, lake_root: str) -> str | None:

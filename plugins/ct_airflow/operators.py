@@ -26,7 +26,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from ct_airflow.links import MlflowModelLink, ReportLink
-from ct_airflow.runkey import run_key, triggering_batch_ids
+from ct_airflow.runkey import is_backfill, run_key, triggering_batch_ids
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from ml.config import Settings
 
-RUN_KEY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate"})
+RUN_KEY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate", "rollback", "promote"})
 STEPS = RUN_KEY_STEPS | {"ingest"}
 STDERR_TAIL = 40
 
@@ -87,6 +87,11 @@ class CtStepOperator(BaseOperator):
         args = [self.step, *(str(a) for a in self.step_args if str(a).strip())]
         if self.step in RUN_KEY_STEPS:
             args += ["--run-key", run_key(context)]
+        if self.step == "gate" and is_backfill(context):
+            # Backfills evaluate and record; they move @champion only when the run asks for it.
+            args.append("--backfill")
+            if (context.get("params") or {}).get("allow_backfill_promote"):
+                args.append("--allow-backfill-promote")
         return args
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -202,3 +207,29 @@ class CtIngestOperator(CtStepOperator):
         for batch_id in batch_ids:
             args += ["--batch-id", batch_id]
         return args
+
+
+class CtOverrideOperator(CtStepOperator):
+    """Rollback or forced promotion from the ``ct_ops`` Params: ``action``, ``version`` and ``reason``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(step="rollback", **kwargs)
+
+    def command_args(self, context: Context) -> list[str]:
+        params = context.get("params") or {}
+        action = str(params.get("action", ""))
+        if action not in ("rollback", "promote"):
+            raise AirflowException(f"params.action must be rollback or promote, got {action!r}")
+        dag_run = context.get("dag_run")
+        actor = str(getattr(dag_run, "triggering_user_name", None) or "airflow")
+        return [
+            action,
+            "--to" if action == "rollback" else "--version",
+            str(params.get("version", "")),
+            "--reason",
+            str(params.get("reason", "")),
+            "--run-key",
+            run_key(context),
+            "--actor",
+            actor,
+        ]

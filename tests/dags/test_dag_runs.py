@@ -88,7 +88,7 @@ def test_retrain_end_to_end_then_rerun_duplicates_nothing(run_dag, write_batch, 
     key = run_key_from_run_id(first.run_id)
     gate = lake.read_json(layout.report(layout.RETRAIN_DAG, key, "gate.json"))
     assert gate["decision"] == "promote" and gate["candidate_version"] == "1"
-    assert extra_link(first, "gate", "ReportLink") == f"/ct/lake/reports/ct_retrain/{key}/gate.json"
+    assert extra_link(first, "gate", "ReportLink") == f"/ct/lake/reports/ct_retrain/{key}/gate.md"
     assert extra_link(first, "train", "MlflowModelLink").endswith("/#/models/ct-classifier/versions/1")
 
     # The same DAG run again (a clear-and-rerun): same run_id, so same run key.
@@ -117,9 +117,28 @@ def test_retrain_with_nothing_new_is_skipped_not_failed(run_dag, write_batch) ->
     }
 
 
-def test_forced_retrain_param_overrides_the_policy(run_dag, write_batch) -> None:
+def test_forced_retrain_then_ops_promote_and_rollback(run_dag, write_batch, settings, lake) -> None:
     write_batch("f1", 0, 500)
     run_dag("ct_ingest", run_conf={"batch_ids": ["f1"]})
     run_dag("ct_retrain")
     forced = run_dag("ct_retrain", when=datetime(2026, 2, 3, tzinfo=UTC), run_conf={"force_retrain": True})
     assert states(forced)["decide"] == "success" and states(forced)["gate"] == "success"
+    client = registry.client(settings)
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name='{settings.model_name}'")) == ["1", "2"]
+
+    current = registry.champion(client, settings.model_name).version
+    other = "1" if current == "2" else "2"
+    action = "rollback" if other == "1" else "promote"
+    ops = run_dag("ct_ops", when=datetime(2026, 2, 4, tzinfo=UTC),
+                  run_conf={"action": action, "version": other, "reason": "checked by the on-call engineer"})  # fmt: skip
+    assert ops.state == "success"
+    assert registry.champion(client, settings.model_name).version == other
+    record = [h for h in (lake.read_json(k) for k in lake.list_keys("state/decisions")) if h["kind"] == action]
+    assert [(r["candidate_version"], r["reasons"]) for r in record] == [(other, ["checked by the on-call engineer"])]
+
+
+def test_ops_refuses_a_missing_reason(run_dag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        run_dag("ct_ops", run_conf={"action": "rollback", "version": "1", "reason": "short"})

@@ -22,6 +22,9 @@ def exercise(lake: Lake) -> None:
     assert lake.read_json("a/two.json") == {"x": 3}
     with lake.local_file("a/b/one.bin") as path:
         assert path.read_bytes() == b"1"
+    assert lake.create_exclusive("locks/x", b"first") is True
+    assert lake.create_exclusive("locks/x", b"second") is False
+    assert lake.read_bytes("locks/x") == b"first"
     lake.delete_prefix("a")
     assert lake.list_keys("a") == [] and lake.exists("c.txt")
     with pytest.raises(StorageError, match="does not exist"):

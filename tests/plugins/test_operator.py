@@ -60,3 +60,21 @@ def test_batch_ids_come_from_trigger_payloads_and_task_extras() -> None:
 def test_backfill_runs_are_recognised() -> None:
     assert is_backfill({"run_id": "backfill__2026-01-01T03:00:00+00:00"})
     assert not is_backfill({"run_id": "scheduled__2026-01-01T03:00:00+00:00"})
+
+
+@pytest.mark.parametrize(
+    ("run_id", "params", "extra"),
+    [
+        ("scheduled__2026-01-01T03:00:00+00:00", {}, []),
+        ("backfill__2026-01-01T03:00:00+00:00", {}, ["--backfill"]),
+        (
+            "backfill__2026-01-01T03:00:00+00:00",
+            {"allow_backfill_promote": True},
+            ["--backfill", "--allow-backfill-promote"],
+        ),
+    ],
+    ids=["scheduled", "backfill", "backfill-allowed"],
+)
+def test_gate_arguments_for_backfill_runs(run_id: str, params: dict, extra: list[str]) -> None:
+    args = CtStepOperator(task_id="gate", step="gate").command_args({"run_id": run_id, "params": params})
+    assert args == ["gate", "--run-key", run_key_from_run_id(run_id), *extra]

@@ -1,0 +1,33 @@
+"""
+### ct_ops: roll back or force-promote the champion, with a reason on record
+
+Trigger by hand with Params:
+
+* `action`: `rollback` (back to an earlier version) or `promote` (force a version, bypassing the gate);
+* `version`: the registered model version to put behind `@champion`;
+* `reason`: why, at least 10 characters. It goes into the decision history and onto the version's tags.
+
+Both use the same compare-and-set and lock as the gate: if `@champion` moves while this runs, the
+task fails and nothing changes. The target must load, so a broken version never reaches production.
+The record lands in `reports/ct_ops/<run_key>/decision.json` and `state/decisions/`.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param
+
+from ct_airflow.operators import CtOverrideOperator
+
+with DAG(
+    dag_id="ct_ops",
+    schedule=None,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["ct", "ops"],
+    params={
+        "action": Param("rollback", enum=["rollback", "promote"], description="rollback or promote"),
+        "version": Param("", type="string", pattern=r"^[0-9]+$", description="Registered model version"),
+        "reason": Param("", type="string", minLength=10, description="Why; kept in the decision history"),
+    },
+):
+    CtOverrideOperator(task_id="move_champion", retries=0)

@@ -1,0 +1,163 @@
+"""Compare-and-set, the decision history, rollback, forced promotion and backfill runs, on real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ml import layout, registry
+from ml.cli import main
+from ml.config import load_settings
+
+
+@pytest.fixture
+def run_step(ct_home, capsys):  # type: ignore[no-untyped-def]
+    def _run(*argv: str) -> dict:
+        code = main(list(argv))
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert code == (1 if "error" in result else 0), result
+        return result
+
+    return _run
+
+
+def candidate(run_step, run_key: str) -> dict:  # type: ignore[no-untyped-def]
+    """Plan, force, train and evaluate a candidate for ``run_key`` (everything but the gate)."""
+    run_step("drift", "--run-key", run_key)
+    run_step("decide", "--run-key", run_key, "--force")
+    run_step("train", "--run-key", run_key)
+    return run_step("evaluate", "--run-key", run_key)
+
+
+@pytest.fixture
+def weak_champion(run_step, write_batch, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """v1 is a deliberately poor champion (one epoch at a tiny learning rate, promoted under a zero floor)."""
+    write_batch("b1", 0, 500)
+    run_step("ingest")
+    with monkeypatch.context() as patch:
+        patch.setenv("CT_TRAIN__EPOCHS", "1")
+        patch.setenv("CT_TRAIN__LR", "1e-6")
+        patch.setenv("CT_GATE__FLOOR_ACCURACY", "0")
+        candidate(run_step, "r1")
+        assert run_step("gate", "--run-key", "r1")["decision"] == "promote"
+    return "1"
+
+
+def champion_now() -> str | None:
+    settings = load_settings()
+    found = registry.champion(registry.client(settings), settings.model_name)
+    return found.version if found else None
+
+
+def history() -> list[dict]:
+    from ml.promote import history as read_history
+    from ml.storage import Lake
+
+    return read_history(Lake.from_uri(load_settings().lake_uri))
+
+
+def test_racing_gates_promote_exactly_once(run_step, weak_champion, write_batch) -> None:
+    write_batch("b2", 500, 400)
+    run_step("ingest")
+    assert candidate(run_step, "r2")["champion_version"] == "1"
+    assert candidate(run_step, "r3")["champion_version"] == "1"
+    # Both candidates beat v1 on its evaluation; start both gates at once in separate processes.
+    procs = [subprocess.Popen([sys.executable, "-m", "ml", "gate", "--run-key", key], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=os.environ.copy()) for key in ("r2", "r3")]  # fmt: skip
+    results = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    decisions = sorted(r["decision"] for r in results)
+    assert decisions == ["error", "promote"], results
+    winner = next(r for r in results if r["decision"] == "promote")
+    loser = next(r for r in results if r["decision"] == "error")
+    assert loser["reasons"] == [f"champion changed from v1 to v{winner['candidate_version']} during evaluation; re-run"]
+    assert champion_now() == winner["candidate_version"]
+    recorded = {h["run_key"]: h["decision"] for h in history() if h["kind"] == "gate"}
+    assert recorded == {"r1": "promote", winner["run_key"]: "promote", loser["run_key"]: "error"}
+
+
+def test_rollback_and_forced_promotion_are_recorded_with_reasons(run_step, weak_champion, write_batch) -> None:
+    write_batch("b2", 500, 400)
+    run_step("ingest")
+    candidate(run_step, "r2")
+    assert run_step("gate", "--run-key", "r2")["decision"] == "promote"
+    assert champion_now() == "2"
+
+    too_short = run_step("rollback", "--to", "1", "--reason", "oops")
+    assert "needs a reason of at least 10 characters" in too_short["error"] and champion_now() == "2"
+    rolled = run_step(
+        "rollback", "--to", "1", "--reason", "v2 misclassifies sevens in production", "--run-key", "ops-1"
+    )
+    assert rolled["champion_version"] == "2" and champion_now() == "1"
+    again = run_step("rollback", "--to", "1", "--reason", "v2 misclassifies sevens in production", "--run-key", "ops-1")
+    assert again["already_done"], "a rerun of the same ops run changes nothing"
+    forward = run_step("rollback", "--to", "2", "--reason", "going forward is not a rollback")
+    assert "newer than the champion" in forward["error"]
+    forced = run_step("promote", "--version", "2", "--reason", "fix for sevens verified by hand", "--run-key", "ops-2")
+    assert forced["decision"] == "promote" and champion_now() == "2"
+
+    overrides = [
+        (h["kind"], h["candidate_version"], h["champion_version"], h["reasons"])
+        for h in history()
+        if h["kind"] != "gate"
+    ]
+    assert overrides == [
+        ("rollback", "1", "2", ["v2 misclassifies sevens in production"]),
+        ("promote", "2", "1", ["fix for sevens verified by hand"]),
+    ]
+    settings = load_settings()
+    tags = registry.get_version(registry.client(settings), settings.model_name, "1").tags
+    assert tags["ct.rollback.reason"] == "v2 misclassifies sevens in production"
+
+
+@pytest.mark.parametrize(("flags", "decision"), [((), "reject"), (("--allow-backfill-promote",), "promote")],
+                         ids=["backfill", "backfill-allowed"])  # fmt: skip
+def test_backfill_runs_record_but_do_not_promote(run_step, weak_champion, write_batch, flags, decision) -> None:
+    write_batch("b2", 500, 400)
+    run_step("ingest")
+    candidate(run_step, "backfill-r2")
+    result = run_step("gate", "--run-key", "backfill-r2", "--backfill", *flags)
+    assert result["decision"] == decision and result["backfill"] is True
+    if decision == "reject":
+        assert result["reasons"][0] == "backfill runs do not promote (the evidence said promote)"
+        assert champion_now() == "1"
+    else:
+        assert result["reasons"][-1] == "backfill run: promotion allowed by allow_backfill_promote"
+        assert champion_now() == result["candidate_version"]
+
+
+def test_unloadable_champion_stops_the_evaluation(run_step, weak_champion, write_batch, ct_home) -> None:
+    shutil.rmtree(ct_home / "mlartifacts")  # the champion's files are gone
+    write_batch("b2", 500, 400)
+    run_step("ingest")
+    run_step("drift", "--run-key", "r2")
+    run_step("decide", "--run-key", "r2", "--force")
+    assert run_step("train", "--run-key", "r2")["model_version"] == "2"
+    evaluated = run_step("evaluate", "--run-key", "r2")
+    assert evaluated["error_type"] == "ChampionUnavailable"
+    assert "model version 1 of ct-classifier cannot be loaded" in evaluated["error"]
+    assert champion_now() == "1", "never a silent promotion"
+    assert not (ct_home / "lake" / layout.report(layout.RETRAIN_DAG, "r2", "gate.json")).exists()
+
+
+def test_golden_set_joins_every_evaluation(run_step, weak_champion, write_batch, monkeypatch) -> None:
+    write_batch("frozen", 900, 200)
+    frozen = run_step("freeze-golden", "--batch-id", "frozen", "--name", "v1")
+    assert frozen["status"] == "curated" and frozen["golden_set"] == "v1"
+    assert run_step("ingest") == {"skip": "no committed landing batch is waiting to be ingested"}, (
+        "golden is not training data"
+    )
+    write_batch("b2", 500, 300)
+    run_step("ingest")
+    monkeypatch.setenv("CT_GATE__GOLDEN_SET", "v1")
+    evaluated = candidate(run_step, "r2")
+    settings = load_settings()
+    record = json.loads((settings.home / "lake" / layout.report(layout.RETRAIN_DAG, "r2", "eval.json")).read_text())
+    assert record["golden_set"] == "v1"
+    golden_rows = [b for b in record["rows"]["batch_id"] if b == "frozen"]
+    assert len(golden_rows) == 200, "every golden row, whatever its split"
+    assert evaluated["rows"] == len(record["y_true"]) > 200
