@@ -43,6 +43,7 @@ test: $(STAMP) lint typecheck
 
 bench: $(STAMP)
 	$(PY) bench/dag_parse.py
+	$(PY) bench/validate_drift.py
 
 clean:
 	rm -rf .ct .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,22 @@ def _champion_and_reference(settings: Settings, lake: Lake) -> tuple[str | None,
 
 
 def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml import registry
     from ml.drift import detect_drift
+    from ml.promote import ACCURACY_TAG
     from ml.window import plan_window, window_key
 
     champion_version, reference = (
         (None, []) if lake.exists(window_key(args.run_key)) else _champion_and_reference(settings, lake)
     )
     window = plan_window(lake, settings, args.run_key, champion_version, reference)
-    verdict = detect_drift(lake, settings.drift, window)
+    champion_model, recorded = None, None
+    if window.champion_version is not None and window.new_batches:
+        mlflow_client = registry.client(settings)
+        version = registry.get_version(mlflow_client, settings.model_name, window.champion_version)
+        champion_model = registry.load_model(settings, version)
+        recorded = float(version.tags[ACCURACY_TAG]) if ACCURACY_TAG in version.tags else None
+    verdict = detect_drift(lake, settings, window, champion_model, recorded)
     return {
         "run_key": args.run_key,
         "champion_version": window.champion_version,
@@ -76,6 +85,7 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
         "drift_detected": verdict["drift_detected"],
         "drifted_features": verdict.get("drifted_features", []),
         "drifted_share": verdict.get("drifted_share"),
+        "quality": verdict.get("quality"),
         "skipped": verdict.get("skipped"),
         "report_uri": verdict["report_uri"],
         "html_uri": verdict.get("html_uri"),
@@ -90,13 +100,15 @@ def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dic
     if recorded is None:
         window = load_window(lake, args.run_key)
         drift = lake.read_json_or(layout.report(layout.RETRAIN_DAG, args.run_key, "drift.json"), {})
+        as_of = args.as_of.timestamp() if args.as_of else time.time()
         age_days = None
         if window.champion_version is not None and settings.policy.max_model_age_days is not None:
-            mlflow_client = registry.client(settings)
-            mv = mlflow_client.get_model_version(settings.model_name, window.champion_version)
-            age_days = (time.time() - mv.creation_timestamp / 1000) / 86400
-        decision = policy.decide(window, drift, settings.policy, age_days, force=args.force)
-        recorded = policy.record_decision(lake, window, decision)
+            mv = registry.client(settings).get_model_version(settings.model_name, window.champion_version)
+            age_days = (as_of - mv.creation_timestamp / 1000) / 86400
+        decision, state = policy.decide(
+            window, drift, settings.policy, policy.load_state(lake), as_of, age_days, force=args.force
+        )
+        recorded = policy.record_decision(lake, window, decision, state, as_of)
     if not recorded["retrain"]:
         return {"skip": recorded["summary"], **recorded}
     return recorded
@@ -184,6 +196,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         step.add_argument("--run-key", required=True, type=_checked_id)
         if name == "decide":
             step.add_argument("--force", action="store_true", help="retrain whatever the policy says")
+            step.add_argument("--as-of", type=datetime.fromisoformat, help="the run's time (ISO 8601); default now")
         if name == "gate":
             step.add_argument("--backfill", action="store_true", help="a backfill run: record, do not promote")
             step.add_argument("--allow-backfill-promote", action="store_true", help="let this backfill run promote")

@@ -43,6 +43,17 @@ class ImageConfig(_Section):
 class IngestConfig(_Section):
     min_rows: int = Field(20, ge=1)
     max_rows: int = Field(5_000_000, ge=1)
+    min_class_share: float = Field(0.0, ge=0, le=1, description="Each known label's share of the batch, lower bound")
+    max_class_share: float = Field(0.5, gt=0, le=1, description="No label may make up more of a batch than this")
+    unsupported_modes: Literal["normalize", "reject"] = Field(
+        "normalize", description="16-bit, CMYK and alpha images: convert to 8-bit L/RGB, or reject the row"
+    )
+    on_bad_rows: Literal["fail", "drop"] = Field(
+        "fail", description="Row-level rule failures quarantine the batch (fail) or drop those rows with a record"
+    )
+    always_fail_rules: tuple[str, ...] = Field(
+        ("path_inside_batch",), description="Row-level rules that fail the batch even with on_bad_rows=drop"
+    )
     min_side: int = Field(4, ge=1)
     max_side: int = Field(8192, ge=1)
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -56,16 +67,22 @@ class IngestConfig(_Section):
 
 
 class DriftConfig(_Section):
-    features: tuple[str, ...] = ("mean", "std", "bright", "label")
+    features: tuple[str, ...] = ("mean", "std", "bright", "width", "height", "label")
     # Distances, not p-values: on windows of hundreds of rows and up, p-value tests flag differences
     # too small to matter. Normed Wasserstein is in units of the reference's standard deviation.
     num_method: str = "wasserstein"
     num_threshold: float = Field(0.3, gt=0)
     cat_method: str = "jensenshannon"
-    cat_threshold: float = Field(0.1, gt=0)
+    cat_threshold: float = Field(
+        0.2, gt=0, description="Jensen-Shannon distance; two clean 300-row samples of 10 classes differ by up to ~0.14"
+    )
     per_column_method: dict[str, str] = Field(default_factory=dict)
     per_column_threshold: dict[str, float] = Field(default_factory=dict)
-    drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted features that flags the window")
+    drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted image statistics that flags the window")
+    embeddings: bool = Field(True, description="Also compare the champion's penultimate-layer embeddings")
+    embedding_method: Literal["mmd", "model", "distance", "ratio"] = "mmd"
+    embedding_threshold: float = Field(0.015, gt=0, description="mmd: squared MMD; model: ROC AUC; distance/ratio")
+    embedding_max_rows: int = Field(1000, ge=50, description="Rows per side for embeddings (MMD is quadratic)")
     max_rows: int = Field(20_000, ge=100, description="Rows sampled per side; p-value tests over-flag huge windows")
     seed: int = 0
 
@@ -73,7 +90,12 @@ class DriftConfig(_Section):
 class PolicyConfig(_Section):
     min_new_images: int = Field(200, ge=1, description="Retrain when at least this many new labelled images arrived")
     retrain_on_drift: bool = True
+    drift_windows: int = Field(1, ge=1, description="Debounce: drift must breach this many windows in a row")
+    cooldown_hours: float = Field(0.0, ge=0, description="After a retrain, drift alone does not retrain for this long")
     max_model_age_days: float | None = Field(None, gt=0)
+    quality_tolerance: float | None = Field(
+        0.05, ge=0, description="Retrain when the champion's accuracy on new data < its recorded accuracy minus this"
+    )
 
 
 class TrainConfig(_Section):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ml import layout
-from ml.config import DriftConfig
+from ml.config import DriftConfig, Settings
 from ml.ingest import read_manifest
 from ml.storage import Lake
 from ml.window import Window
@@ -22,6 +24,7 @@ from ml.window import Window
 log = logging.getLogger(__name__)
 
 CATEGORICAL = ("label",)
+EMBEDDINGS = "embeddings"
 
 
 def manifests(lake: Lake, batch_ids: list[str], split: str | None = None) -> pd.DataFrame:
@@ -60,10 +63,13 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, cfg: DriftConfig) ->
         per_column_method=dict(cfg.per_column_method) or None,
         per_column_threshold=dict(cfg.per_column_threshold) or None,
     )
-    snapshot = Report([preset]).run(
-        Dataset.from_pandas(sample(current), data_definition=definition),
-        Dataset.from_pandas(sample(reference), data_definition=definition),
-    )
+    # Constant columns (e.g. every image 8x8) make Evidently divide by a zero spread; the scores stay right.
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        snapshot = Report([preset]).run(
+            Dataset.from_pandas(sample(current), data_definition=definition),
+            Dataset.from_pandas(sample(reference), data_definition=definition),
+        )
     per_feature: dict[str, dict[str, Any]] = {}
     for metric in snapshot.dict()["metrics"]:
         config = metric["config"]
@@ -75,22 +81,71 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, cfg: DriftConfig) ->
                 "threshold": float(config["threshold"]),
                 "drifted": _is_drifted(config["method"], value, float(config["threshold"])),
             }
-    drifted = sorted(name for name, f in per_feature.items() if f["drifted"])
-    share = len(drifted) / len(per_feature) if per_feature else 0.0
-    verdict = {
-        "drift_detected": share >= cfg.drift_share,
+    return summarise(per_feature, cfg, len(current), len(reference)), snapshot
+
+
+def summarise(
+    per_feature: dict[str, dict[str, Any]], cfg: DriftConfig, current_rows: int, reference_rows: int
+) -> dict[str, Any]:
+    """The window drifts when enough image statistics drift, or the label mix, or the embeddings do."""
+    stats = {name: f for name, f in per_feature.items() if name not in CATEGORICAL and name != EMBEDDINGS}
+    share = sum(f["drifted"] for f in stats.values()) / len(stats) if stats else 0.0
+    groups = {
+        "image_stats": {
+            "share": share,
+            "threshold": cfg.drift_share,
+            "drifted": bool(stats) and share >= cfg.drift_share,
+        },
+        **{
+            name: {"drifted": per_feature[name]["drifted"]}
+            for name in (*CATEGORICAL, EMBEDDINGS)
+            if name in per_feature
+        },
+    }
+    return {
+        "drift_detected": any(g["drifted"] for g in groups.values()),
         "drifted_share": share,
         "drift_share_threshold": cfg.drift_share,
-        "drifted_features": drifted,
+        "drifted_features": sorted(name for name, f in per_feature.items() if f["drifted"]),
+        "groups": groups,
         "features": per_feature,
-        "current_rows": len(current),
-        "reference_rows": len(reference),
+        "current_rows": current_rows,
+        "reference_rows": reference_rows,
     }
-    return verdict, snapshot
 
 
-def detect_drift(lake: Lake, cfg: DriftConfig, window: Window) -> dict[str, Any]:
-    """Compare the window's new batches with the champion's training data and store the report."""
+def embedding_drift(current: np.ndarray, reference: np.ndarray, cfg: DriftConfig) -> dict[str, Any]:
+    """Evidently's embedding drift method, called directly: its Report always runs t-SNE (20 s+)."""
+    import pandas as pd
+    from evidently.legacy.metrics.data_drift import embedding_drift_methods as methods
+
+    rng = np.random.default_rng(cfg.seed)
+
+    def frame(rows: np.ndarray) -> pd.DataFrame:
+        if len(rows) > cfg.embedding_max_rows:
+            rows = rows[rng.choice(len(rows), cfg.embedding_max_rows, replace=False)]
+        return pd.DataFrame(rows, columns=[f"e{i}" for i in range(rows.shape[1])])
+
+    method = getattr(methods, cfg.embedding_method)(threshold=cfg.embedding_threshold)
+    # Evidently mutates its inputs: hand it fresh frames.
+    score, drifted, name = method(frame(current), frame(reference))
+    return {"method": f"{cfg.embedding_method} ({name})", "score": float(score), "threshold": cfg.embedding_threshold,
+            "drifted": bool(drifted)}  # fmt: skip
+
+
+def detect_drift(
+    lake: Lake,
+    settings: Settings,
+    window: Window,
+    champion_model: Any = None,
+    champion_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """Compare the window's new batches with the champion's training data and store the report.
+
+    With the champion model at hand, also compare its embeddings of new and reference images, and
+    measure its accuracy on the new labelled rows (none of which it was trained on).
+    """
+    cfg = settings.drift
     json_key = layout.report(layout.RETRAIN_DAG, window.run_key, "drift.json")
     base = {"run_key": window.run_key, "new_batches": window.new_batches, "reference_batches": window.reference_batches}
     if not window.new_batches or not window.reference_batches:
@@ -102,7 +157,28 @@ def detect_drift(lake: Lake, cfg: DriftConfig, window: Window) -> dict[str, Any]
     current = manifests(lake, window.new_batches)
     reference = manifests(lake, window.reference_batches, split="train")
     result, snapshot = compare(current, reference, cfg)
-    verdict = {**base, **result}
+    quality = None
+    if champion_model is not None:
+        from ml.data import load_split
+        from ml.embed import embed_and_predict
+        from ml.train import pick_device
+
+        device = pick_device(settings.train.device)
+        new_rows = load_split(lake, window.new_batches, None, settings.labels)
+        # The champion never trained on val/test rows: an unbiased reference for its embeddings.
+        held_out = [load_split(lake, window.reference_batches, part, settings.labels) for part in ("val", "test")]
+        new_emb, new_pred = embed_and_predict(champion_model, new_rows.images, device)
+        ref_emb = np.concatenate([embed_and_predict(champion_model, h.images, device)[0] for h in held_out if len(h)])
+        if cfg.embeddings:
+            result["features"][EMBEDDINGS] = embedding_drift(new_emb, ref_emb, cfg)
+            result = summarise(result["features"], cfg, result["current_rows"], result["reference_rows"])
+        quality = {
+            "champion_version": window.champion_version,
+            "accuracy_on_new": float((new_pred == new_rows.labels).mean()) if len(new_rows) else None,
+            "recorded_accuracy": champion_accuracy,
+            "rows": len(new_rows),
+        }
+    verdict = {**base, **result, "quality": quality}
     html_key = layout.report(layout.RETRAIN_DAG, window.run_key, "drift.html")
     with tempfile.TemporaryDirectory(prefix="ct-drift-") as tmp:
         html = Path(tmp) / "drift.html"
@@ -110,5 +186,5 @@ def detect_drift(lake: Lake, cfg: DriftConfig, window: Window) -> dict[str, Any]
         lake.write_file(html_key, html)
     verdict["html_uri"] = lake.uri(html_key)
     lake.write_json(json_key, verdict)
-    log.info("drift %s: share %.2f, drifted %s", window.run_key, result["drifted_share"], result["drifted_features"])
+    log.info("drift %s: %s, drifted %s", window.run_key, result["groups"], result["drifted_features"])
     return {**verdict, "report_uri": lake.uri(json_key)}

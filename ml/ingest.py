@@ -32,9 +32,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
-    "batch_id", "uri", "label", "path_ok", "decode_ok", "error", "width", "height", "channels", "mode",
-    "mean", "std", "min", "max", "bright", "bytes", "sha256", "split", "row",
+    "batch_id", "uri", "label", "path_ok", "decode_ok", "mode_ok", "error", "width", "height", "channels", "mode",
+    "mean", "std", "min", "max", "bright", "bytes", "sha256", "dup_of", "split", "row",
 ]  # fmt: skip
+NATIVE_MODES = frozenset({"1", "L", "P", "RGB"})
+HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+class UnsupportedMode(ValueError):
+    """The image decoded, but its mode is one the configuration rejects."""
+
+
+class DecompressionBomb(ValueError):
+    """The header promises more pixels than ``image.max_pixels``; nothing was decoded."""
 
 
 def committed_batches(lake: Lake) -> list[str]:
@@ -112,25 +122,55 @@ def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
     return entries
 
 
+def _normalise(img: Any, settings: Settings) -> Any:
+    """Bring any decoded mode to 8-bit L or RGB, or refuse it when ``ingest.unsupported_modes=reject``."""
+    import numpy as np
+    from PIL import Image
+
+    mode = img.mode
+    transparent = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    if mode not in NATIVE_MODES or transparent:
+        if settings.ingest.unsupported_modes == "reject":
+            kind = "alpha" if transparent else "16/32-bit" if mode in HIGH_DEPTH_MODES else mode
+            raise UnsupportedMode(f"unsupported mode {mode} ({kind}); ingest.unsupported_modes=reject")
+        if mode in HIGH_DEPTH_MODES:
+            # 16-bit integer images span 0..65535; float images are taken as 0..255 already.
+            scale = 1.0 if mode == "F" else 257.0
+            img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) / scale, 0, 255).astype(np.uint8), "L")
+        elif transparent:
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return img.convert("L" if settings.image.channels == 1 else "RGB")
+
+
 def _decode(data: bytes, settings: Settings) -> tuple[dict[str, Any], np.ndarray]:
     """Decode one image safely and return its stats plus the model-sized uint8 array."""
-    import numpy as np
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         # The header gives the size before any pixel is decoded: refuse bombs here.
         if img.width * img.height > settings.image.max_pixels:
-            raise ValueError(f"{img.width}x{img.height} exceeds image.max_pixels={settings.image.max_pixels}")
+            raise DecompressionBomb(
+                f"decompression bomb: {img.width}x{img.height} = {img.width * img.height:,} pixels "
+                f"exceeds image.max_pixels={settings.image.max_pixels:,}"
+            )
         img.load()
         mode = img.mode
         bands = len(img.getbands())
-        converted = img.convert("L" if settings.image.channels == 1 else "RGB")
-    pixels = np.asarray(converted, dtype=np.uint8)
+        converted = _normalise(img, settings)
+    stats, pixels = describe(converted, settings)
+    return {**stats, "channels": bands, "mode": mode}, pixels
+
+
+def describe(image: Any, settings: Settings) -> tuple[dict[str, Any], np.ndarray]:
+    """Stats of an 8-bit L/RGB image (what drift compares) and its model-sized uint8 HWC array."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.uint8)
     stats = {
-        "width": converted.width,
-        "height": converted.height,
-        "channels": bands,
-        "mode": mode,
+        "width": image.width,
+        "height": image.height,
         "mean": float(pixels.mean()),
         "std": float(pixels.std()),
         "min": float(pixels.min()),
@@ -138,19 +178,38 @@ def _decode(data: bytes, settings: Settings) -> tuple[dict[str, Any], np.ndarray
         "bright": float((pixels > 127).mean()),
     }
     size = settings.image.size
-    resized = np.asarray(converted.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     return stats, resized.reshape(size, size, settings.image.channels)
 
 
 def _decode_error(data: bytes, exc: Exception) -> str:
     """A reason a person can act on, without the decoder's object reprs."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         return "empty file (0 bytes)"
+    if isinstance(exc, DecompressionBomb):
+        return str(exc)
+    if isinstance(exc, Image.DecompressionBombError):  # PIL's own, larger limit tripped first in open()
+        return f"decompression bomb: {exc}"
     if isinstance(exc, UnidentifiedImageError):
         return "not a recognised image format"
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def known_hashes(lake: Lake) -> dict[str, str]:
+    """sha256 -> where it already lives (``curated:<batch>`` or ``golden:<name>``), for cross-batch duplicates."""
+    import pandas as pd
+
+    found: dict[str, str] = {}
+    for root in (layout.GOLDEN, layout.CURATED):
+        for dataset in lake.list_children(root):
+            if not lake.exists(layout.manifest(dataset, root)):
+                continue
+            with lake.local_file(layout.manifest(dataset, root)) as path:
+                hashes = pd.read_parquet(path, columns=["sha256"])["sha256"]
+            found.update(dict.fromkeys(hashes, f"{root}:{dataset}"))
+    return found
 
 
 def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
@@ -162,6 +221,8 @@ def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.Da
         raise BatchNotFound(
             f"no committed landing batch {batch_id!r}: {lake.uri(layout.commit_marker(batch_id))} is missing"
         )
+    elsewhere = known_hashes(lake)
+    first_seen: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
     for entry in _list_entries(lake, batch_id):
@@ -171,26 +232,33 @@ def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.Da
             "uri": lake.uri(layout.join(layout.landing(batch_id), entry.relpath)) if entry.path_ok else entry.relpath,
             "label": parts[1] if len(parts) == 3 else "",
             "path_ok": entry.path_ok,
-            "decode_ok": None,  # unknown until read; a path that leaves the batch is never read
+            # None: not known, so other rules skip the row. A path that leaves the batch is never read.
+            "decode_ok": None,
+            "mode_ok": None,
             "error": entry.error,
             "row": -1,
         }
         if entry.path_ok:
             data = lake.read_bytes(layout.join(layout.landing(batch_id), entry.relpath))
-            row["bytes"] = len(data)
-            row["sha256"] = hashlib.sha256(data).hexdigest()
-            row["split"] = split_for(row["sha256"], settings.ingest.split_fractions)
+            digest = hashlib.sha256(data).hexdigest()
+            row.update(bytes=len(data), sha256=digest, split=split_for(digest, settings.ingest.split_fractions))
+            row["dup_of"] = elsewhere.get(digest) or first_seen.get(digest, "")
+            first_seen.setdefault(digest, f"this batch:{entry.relpath}")
             row["decode_ok"] = False
             try:
                 stats, pixels = _decode(data, settings)
+            except UnsupportedMode as exc:
+                row.update(decode_ok=True, mode_ok=False, error=str(exc))
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
                 row["error"] = _decode_error(data, exc)
             else:
-                row.update(stats, decode_ok=True, row=len(images))
+                row.update(stats, decode_ok=True, mode_ok=True, row=len(images))
                 images.append(pixels)
         rows.append(row)
     manifest = pd.DataFrame(rows).reindex(columns=MANIFEST_COLUMNS)
-    manifest = manifest.astype({"path_ok": bool, "decode_ok": "boolean", "row": "int64", "label": str})
+    manifest = manifest.astype(
+        {"path_ok": bool, "decode_ok": "boolean", "mode_ok": "boolean", "row": "int64", "label": str, "error": str}
+    )
     size, channels = settings.image.size, settings.image.channels
     stacked = np.stack(images) if images else np.zeros((0, size, size, channels), dtype=np.uint8)
     return manifest, stacked
@@ -202,7 +270,7 @@ def ingest_batch(
     """Curate (into ``root/dataset_id``) or quarantine one batch. Re-running a curated batch changes nothing."""
     import numpy as np
 
-    from ml.validate import validate_manifest
+    from ml.validate import render_html, validate_manifest
 
     dataset_id = dataset_id or batch_id
     if lake.exists(layout.manifest(dataset_id, root)):
@@ -212,7 +280,22 @@ def ingest_batch(
 
     manifest, images = build_manifest(lake, batch_id, settings)
     outcome = validate_manifest(manifest, settings)
-    lake.write_json(layout.report(layout.INGEST_DAG, batch_id, "validation.json"), outcome.gx_result)
+    dropped = manifest.iloc[0:0]
+    if not outcome.success and settings.ingest.on_bad_rows == "drop":
+        bad = outcome.rows_to_drop(settings.ingest.always_fail_rules)
+        if bad:
+            # Row-level failures only: drop those rows (with a record), then the rest must pass on its own.
+            reasons = {uri: f.rule for f in outcome.failures for uri in f.uris}
+            dropped = manifest[manifest["uri"].isin(bad)].assign(dropped_by=lambda d: d["uri"].map(reasons))
+            manifest = manifest[~manifest["uri"].isin(bad)].reset_index(drop=True)
+            first_pass = outcome
+            outcome = validate_manifest(manifest, settings)
+            lake.write_json(
+                layout.report(layout.INGEST_DAG, batch_id, "validation_before_drop.json"), first_pass.summary()
+            )
+    report_dir = layout.report(layout.INGEST_DAG, batch_id, "")
+    lake.write_json(layout.join(report_dir, "validation.json"), outcome.gx_results)
+    lake.write_bytes(layout.join(report_dir, "validation.html"), render_html(batch_id, outcome, len(dropped)).encode())
     if not outcome.success:
         report = {
             "batch_id": batch_id,
@@ -220,7 +303,7 @@ def ingest_batch(
             "rows": len(manifest),
             "failed_rules": [f.rule for f in outcome.failures],
             **outcome.summary(),
-            "validation_uri": lake.uri(layout.report(layout.INGEST_DAG, batch_id, "validation.json")),
+            "validation_uri": lake.uri(layout.join(report_dir, "validation.html")),
             "landing_uri": lake.uri(layout.landing(batch_id)),
         }
         _write_parquet(lake, layout.quarantine_manifest(batch_id), manifest)
@@ -235,19 +318,22 @@ def ingest_batch(
 
     with tempfile.TemporaryDirectory(prefix="ct-ingest-") as tmp:
         shard = Path(tmp) / "images.npy"
-        np.save(shard, images)
+        np.save(shard, images[manifest["row"].to_numpy()])
         lake.write_file(layout.shard(dataset_id, root), shard)
+    manifest = manifest.assign(row=np.arange(len(manifest), dtype=np.int64))
+    if len(dropped):
+        _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped)
+        lake.write_json(
+            layout.report(layout.INGEST_DAG, batch_id, "dropped.json"),
+            dropped[["uri", "dropped_by", "error"]].to_dict(orient="records"),
+        )
     # The manifest is written last: its presence is what makes the batch curated.
     _write_parquet(lake, layout.manifest(dataset_id, root), manifest)
     if lake.exists(layout.quarantine_report(batch_id)):
         lake.delete_prefix(layout.quarantine(batch_id))  # an earlier rejection was fixed by configuration
-    log.info("batch %s curated: %d images", batch_id, len(manifest))
-    return {
-        "batch_id": batch_id,
-        "status": "curated",
-        "already_done": False,
-        **_curated_summary(lake, dataset_id, root),
-    }
+    log.info("batch %s curated: %d images, %d dropped", batch_id, len(manifest), len(dropped))
+    summary = _curated_summary(lake, dataset_id, root)
+    return {"batch_id": batch_id, "status": "curated", "already_done": False, "dropped": len(dropped), **summary}
 
 
 def freeze_golden(lake: Lake, batch_id: str, name: str, settings: Settings) -> dict[str, Any]:

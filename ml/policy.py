@@ -1,15 +1,24 @@
 """The retrain decision: retrain or skip, always with the reasons written down.
 
-Inputs are the pinned data window, the drift verdict and the champion's age. The decision is
-stored once per run key in ``reports/ct_retrain/<run_key>/decision.json``; the policy's memory
-(which batches a decision has already looked at) lives in ``state/policy.json``.
+Rules (each that fires adds a reason; none firing means skip, with why):
+
+* **forced** by the run's params, or **no champion yet** (once any data is curated);
+* **drift**, debounced: the window must drift ``policy.drift_windows`` times in a row, and drift alone
+  does not retrain within ``policy.cooldown_hours`` of the last retrain;
+* **data volume:** at least ``policy.min_new_images`` new training images;
+* **model age:** the champion is older than ``policy.max_model_age_days``;
+* **quality drop:** the champion's accuracy on the new labelled rows is below its recorded accuracy
+  minus ``policy.quality_tolerance``.
+
+``decide`` is pure: the memory it needs (the drift streak, the last retrain) comes in as a
+:class:`PolicyState` and the updated state comes back. It lives in ``state/policy.json``; each
+decision is stored once per run key in ``reports/ct_retrain/<run_key>/decision.json``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ml import layout
@@ -21,64 +30,119 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class PolicyState:
+    considered_batches: tuple[str, ...] = ()
+    drift_streak: int = 0  # consecutive windows with new data that drifted
+    last_retrain_at: float | None = None  # epoch seconds of the run that last decided to retrain
+    last_retrain_run: str | None = None
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> PolicyState:
+        known = {k: v for k, v in data.items() if k in PolicyState.__dataclass_fields__}
+        known["considered_batches"] = tuple(known.get("considered_batches", ()))
+        return PolicyState(**known)
+
+
+@dataclass(frozen=True)
 class RetrainDecision:
     retrain: bool
     reasons: list[str]
+    signals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def summary(self) -> str:
         return f"{'retrain' if self.retrain else 'skip'}: {'; '.join(self.reasons)}"
 
 
+def _drift_text(drift: dict[str, Any]) -> str:
+    return ", ".join(drift.get("drifted_features", [])) or "the window"
+
+
 def decide(
     window: Window,
     drift: dict[str, Any],
     cfg: PolicyConfig,
-    champion_age_days: float | None,
+    state: PolicyState,
+    as_of: float,
+    champion_age_days: float | None = None,
     force: bool = False,
-) -> RetrainDecision:
-    """Pure policy: every rule that fires adds a reason; no rule firing means skip, with why."""
+) -> tuple[RetrainDecision, PolicyState]:
     if not window.train_batches:
-        return RetrainDecision(False, ["no curated data yet"])
+        return RetrainDecision(False, ["no curated data yet"]), state
+
+    has_new = bool(window.new_batches)
+    drifted = bool(drift.get("drift_detected"))
+    # Only windows with new data move the streak; an empty window says nothing about drift.
+    streak = (state.drift_streak + 1 if drifted else 0) if has_new else state.drift_streak
+    cooling = (
+        state.last_retrain_at is not None
+        and cfg.cooldown_hours > 0
+        and as_of - state.last_retrain_at < cfg.cooldown_hours * 3600
+    )
+    quality = drift.get("quality") or {}
+    signals = {"drift_streak": streak, "cooling_down": cooling, "new_images": window.new_images,
+               "champion_age_days": champion_age_days, "quality": quality}  # fmt: skip
+
     reasons = []
+    notes = []
     if force:
         reasons.append("forced by run parameter")
     if window.champion_version is None:
         reasons.append("no champion yet")
-    if cfg.retrain_on_drift and drift.get("drift_detected"):
-        reasons.append(
-            f"drift on {', '.join(drift.get('drifted_features', []))} (share {drift.get('drifted_share', 0):.2f})"
-        )
+    if cfg.retrain_on_drift and drifted and has_new:
+        windows = f"{streak} window{'s' if streak != 1 else ''}"
+        if streak < cfg.drift_windows:
+            notes.append(f"drift on {_drift_text(drift)} for {windows} (< {cfg.drift_windows} needed)")
+        elif cooling:
+            notes.append(f"drift on {_drift_text(drift)} for {windows}, but cooling down after a retrain")
+        else:
+            reasons.append(f"drift on {_drift_text(drift)} for {windows}")
     if window.new_images >= cfg.min_new_images:
-        reasons.append(f"{window.new_images:,} new training images >= {cfg.min_new_images:,}")
+        reasons.append(f"{window.new_images:,} new images")
+    elif has_new:
+        notes.append(f"{window.new_images:,} new images < {cfg.min_new_images:,}")
     if (
         cfg.max_model_age_days is not None
         and champion_age_days is not None
         and champion_age_days > cfg.max_model_age_days
     ):
         reasons.append(f"champion is {champion_age_days:.1f} days old > {cfg.max_model_age_days:g}")
+    accuracy, recorded = quality.get("accuracy_on_new"), quality.get("recorded_accuracy")
+    if cfg.quality_tolerance is not None and accuracy is not None and recorded is not None:
+        if accuracy < recorded - cfg.quality_tolerance:
+            reasons.append(
+                f"champion accuracy on new data {accuracy:.3f} < recorded {recorded:.3f} - {cfg.quality_tolerance:g}"
+            )
+
+    new_state = replace(
+        state, considered_batches=tuple(sorted(set(state.considered_batches) | set(window.new_batches)))
+    )
     if reasons:
-        return RetrainDecision(True, reasons)
-    if not window.new_batches:
-        return RetrainDecision(False, ["no new data since the last decision"])
-    why = [f"{window.new_images:,} new training images < {cfg.min_new_images:,}"]
-    why.append("no drift" if not drift.get("skipped") else str(drift["skipped"]))
-    return RetrainDecision(False, why)
+        # A retrain resets the drift streak: the next model answers the drift seen so far.
+        new_state = replace(new_state, drift_streak=0, last_retrain_at=as_of, last_retrain_run=window.run_key)
+        return RetrainDecision(True, reasons, signals), new_state
+    new_state = replace(new_state, drift_streak=streak)
+    if not has_new:
+        return RetrainDecision(False, ["no new data since the last decision"], signals), new_state
+    if not drifted and not drift.get("skipped"):
+        notes.append("no drift")
+    return RetrainDecision(False, notes or ["no rule fired"], signals), new_state
 
 
-def record_decision(lake: Lake, window: Window, decision: RetrainDecision) -> dict[str, Any]:
-    """Store the decision for the run and remember which batches it covered."""
+def load_state(lake: Lake) -> PolicyState:
+    return PolicyState.from_dict(lake.read_json_or(layout.state(POLICY_STATE), {}))
+
+
+def record_decision(
+    lake: Lake, window: Window, decision: RetrainDecision, state: PolicyState, as_of: float
+) -> dict[str, Any]:
+    """Store the decision for the run, then the policy memory it produced."""
     key = layout.report(layout.RETRAIN_DAG, window.run_key, "decision.json")
-    record = {"run_key": window.run_key, "decided_at": time.time(), **asdict(decision), "summary": decision.summary,
-              "new_batches": window.new_batches, "new_images": window.new_images}  # fmt: skip
+    record = {"run_key": window.run_key, "as_of": as_of, "retrain": decision.retrain, "reasons": decision.reasons,
+              "summary": decision.summary, "signals": decision.signals, "new_batches": window.new_batches,
+              "new_images": window.new_images}  # fmt: skip
     lake.write_json(key, record)
-    state_key = layout.state(POLICY_STATE)
-    state = lake.read_json_or(state_key, {})
-    state["considered_batches"] = sorted(set(state.get("considered_batches", [])) | set(window.new_batches))
-    if decision.retrain:
-        state["last_retrain_run"] = window.run_key
-        state["last_retrain_at"] = record["decided_at"]
-    lake.write_json(state_key, state)
+    lake.write_json(layout.state(POLICY_STATE), {**asdict(state), "considered_batches": list(state.considered_batches)})
     return {**record, "decision_uri": lake.uri(key)}
 
 

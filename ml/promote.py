@@ -22,6 +22,7 @@ from ml.storage import Lake
 log = logging.getLogger(__name__)
 
 HISTORY = "decisions"
+ACCURACY_TAG = "ct.eval.accuracy"
 
 
 def gate_key(dag_id: str, run_key: str, name: str = "gate.json") -> str:
@@ -132,6 +133,10 @@ def run_gate(
         settings.model_name, candidate["version"], "ct.gate.decision", record["decision"]
     )
     mlflow_client.set_model_version_tag(settings.model_name, candidate["version"], "ct.gate.report", lake.uri(key))
+    # What the policy's quality check compares against once this version is champion.
+    mlflow_client.set_model_version_tag(
+        settings.model_name, candidate["version"], ACCURACY_TAG, f"{outcome.candidate['accuracy']:.6f}"
+    )
     log.info("gate %s: %s (%s)", run_key, record["decision"], "; ".join(record["reasons"]))
     return {**record, "gate_uri": lake.uri(key), "gate_md_uri": lake.uri(gate_key(dag_id, run_key, "gate.md")),
             "already_done": False}  # fmt: skip

@@ -198,7 +198,9 @@ def demo() -> int:
             reason="; ".join(gate.get("reasons") or decision.get("reasons") or []),
         )
         rows.append(row)
-        print(f"   ct_retrain: {retrain_run.state}: {row['decision']}: {row['reason']}", flush=True)
+        print(f"   ct_retrain: {retrain_run.state}; {decision.get('summary', 'no decision')}", flush=True)
+        if gate:
+            print(f"   gate: {row['decision']}: {row['reason']}", flush=True)
 
     print_table(rows)
     from ml import registry

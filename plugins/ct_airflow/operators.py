@@ -26,7 +26,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from ct_airflow.links import MlflowModelLink, ReportLink
-from ct_airflow.runkey import is_backfill, run_key, triggering_batch_ids
+from ct_airflow.runkey import is_backfill, run_key, run_time, triggering_batch_ids
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -87,6 +87,8 @@ class CtStepOperator(BaseOperator):
         args = [self.step, *(str(a) for a in self.step_args if str(a).strip())]
         if self.step in RUN_KEY_STEPS:
             args += ["--run-key", run_key(context)]
+        if self.step == "decide" and (as_of := run_time(context)):
+            args += ["--as-of", as_of]  # the policy's clock is the run's time, not the wall clock
         if self.step == "gate" and is_backfill(context):
             # Backfills evaluate and record; they move @champion only when the run asks for it.
             args.append("--backfill")

@@ -38,3 +38,10 @@ def triggering_batch_ids(context: Mapping[str, Any]) -> list[str]:
             payload = extra["payload"] if isinstance(extra.get("payload"), dict) else extra
             found.extend(str(b) for b in payload.get("batch_ids", []))
     return list(dict.fromkeys(found))
+
+
+def run_time(context: Mapping[str, Any]) -> str | None:
+    """The time a run stands for: its data interval end, else when it was due to run (asset runs), as ISO 8601."""
+    dag_run = context.get("dag_run")
+    when = context.get("data_interval_end") or getattr(dag_run, "run_after", None)
+    return when.isoformat() if when is not None else None

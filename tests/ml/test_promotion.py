@@ -68,8 +68,10 @@ def test_racing_gates_promote_exactly_once(run_step, weak_champion, write_batch)
     assert candidate(run_step, "r3")["champion_version"] == "1"
     # Both candidates beat v1 on its evaluation; start both gates at once in separate processes.
     procs = [subprocess.Popen([sys.executable, "-m", "ml", "gate", "--run-key", key], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=os.environ.copy()) for key in ("r2", "r3")]  # fmt: skip
-    results = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+                              stderr=subprocess.PIPE, text=True, env=os.environ.copy()) for key in ("r2", "r3")]  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     decisions = sorted(r["decision"] for r in results)
     assert decisions == ["error", "promote"], results
     winner = next(r for r in results if r["decision"] == "promote")

@@ -1,0 +1,38 @@
+"""What the model sees: penultimate-layer embeddings and predictions of a registered model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def penultimate_layer(model: nn.Module) -> nn.Linear:
+    """The classifier head: the last ``nn.Linear`` (its input is the embedding)."""
+    heads = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no Linear head to take embeddings from")
+    return heads[-1]
+
+
+def embed_and_predict(
+    model: nn.Module, images: np.ndarray, device: Any, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (inputs of the head) and predicted classes, in row order."""
+    from ml.train import to_tensor
+
+    captured: list[torch.Tensor] = []
+    hook = penultimate_layer(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
+    model.eval().to(device)
+    preds = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                preds.append(model(to_tensor(images[start : start + batch_size], device)).argmax(dim=1).cpu().numpy())
+    finally:
+        hook.remove()
+    if not preds:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return torch.cat(captured).flatten(1).float().cpu().numpy(), np.concatenate(preds)

@@ -1,0 +1,91 @@
+"""The retrain policy's rules, each producing the expected decision and reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml.config import PolicyConfig
+from ml.policy import PolicyState, decide
+from ml.window import Window
+
+HOUR = 3600.0
+NOW = 1_800_000_000.0
+
+
+def window(new_images: int = 50, champion: str | None = "1", new: tuple[str, ...] = ("b9",)) -> Window:
+    return Window(run_key="k", champion_version=champion, reference_batches=["b1"], new_batches=list(new),
+                  train_batches=["b1", *new], eval_batches=["b1", *new], new_images=new_images)  # fmt: skip
+
+
+DRIFT = {"drift_detected": True, "drifted_features": ["mean"]}
+CALM = {"drift_detected": False, "drifted_features": []}
+
+
+def test_debounce_needs_consecutive_drifting_windows() -> None:
+    cfg = PolicyConfig(drift_windows=2)
+    first, state = decide(window(), DRIFT, cfg, PolicyState(), NOW)
+    assert not first.retrain and first.reasons == ["drift on mean for 1 window (< 2 needed)", "50 new images < 200"]
+    assert state.drift_streak == 1
+    second, state = decide(window(new=("b10",)), DRIFT, cfg, state, NOW + HOUR)
+    assert second.retrain and second.reasons == ["drift on mean for 2 windows"]
+    assert state.drift_streak == 0 and state.last_retrain_at == NOW + HOUR
+
+
+def test_a_calm_window_resets_the_streak() -> None:
+    cfg = PolicyConfig(drift_windows=2)
+    _, state = decide(window(), DRIFT, cfg, PolicyState(), NOW)
+    calm, state = decide(window(new=("b10",)), CALM, cfg, state, NOW)
+    assert not calm.retrain and state.drift_streak == 0
+    again, _ = decide(window(new=("b11",)), DRIFT, cfg, state, NOW)
+    assert not again.retrain and again.reasons[0] == "drift on mean for 1 window (< 2 needed)"
+
+
+def test_cooldown_holds_drift_after_a_retrain() -> None:
+    cfg = PolicyConfig(cooldown_hours=24)
+    state = PolicyState(last_retrain_at=NOW - 2 * HOUR)
+    held, _ = decide(window(), DRIFT, cfg, state, NOW)
+    assert not held.retrain and held.reasons[0] == "drift on mean for 1 window, but cooling down after a retrain"
+    later, _ = decide(window(), DRIFT, cfg, state, NOW + 23 * HOUR)
+    assert later.retrain and later.reasons == ["drift on mean for 1 window"]
+
+
+def test_enough_new_data_retrains() -> None:
+    decision, _ = decide(window(new_images=1340), CALM, PolicyConfig(), PolicyState(), NOW)
+    assert decision.retrain and decision.reasons == ["1,340 new images"]
+    assert decision.summary == "retrain: 1,340 new images"
+
+
+def test_drift_and_volume_read_together() -> None:
+    decision, _ = decide(window(new_images=1340), DRIFT, PolicyConfig(), PolicyState(), NOW)
+    assert decision.summary == "retrain: drift on mean for 1 window; 1,340 new images"
+
+
+def test_max_model_age_retrains_even_without_new_data() -> None:
+    cfg = PolicyConfig(max_model_age_days=30)
+    old, _ = decide(window(new_images=0, new=()), {}, cfg, PolicyState(), NOW, champion_age_days=31.5)
+    assert old.retrain and old.reasons == ["champion is 31.5 days old > 30"]
+    young, _ = decide(window(new_images=0, new=()), {}, cfg, PolicyState(), NOW, champion_age_days=3)
+    assert not young.retrain and young.reasons == ["no new data since the last decision"]
+
+
+@pytest.mark.parametrize(("accuracy", "retrain"), [(0.80, True), (0.93, False)], ids=["dropped", "within-tolerance"])
+def test_quality_drop_of_the_champion_on_new_labels(accuracy: float, retrain: bool) -> None:
+    drift = {**CALM, "quality": {"accuracy_on_new": accuracy, "recorded_accuracy": 0.95}}
+    decision, _ = decide(window(), drift, PolicyConfig(quality_tolerance=0.05), PolicyState(), NOW)
+    assert decision.retrain is retrain
+    if retrain:
+        assert decision.reasons == ["champion accuracy on new data 0.800 < recorded 0.950 - 0.05"]
+
+
+def test_no_data_at_all_skips_and_first_data_bootstraps() -> None:
+    empty = Window(
+        run_key="k", champion_version=None, reference_batches=[], new_batches=[], train_batches=[], eval_batches=[]
+    )
+    assert decide(empty, {}, PolicyConfig(), PolicyState(), NOW)[0].reasons == ["no curated data yet"]
+    first, _ = decide(window(champion=None), {}, PolicyConfig(), PolicyState(), NOW)
+    assert first.retrain and first.reasons[0] == "no champion yet"
+
+
+def test_considered_batches_accumulate() -> None:
+    _, state = decide(window(new=("b9",)), CALM, PolicyConfig(), PolicyState(considered_batches=("b1",)), NOW)
+    assert state.considered_batches == ("b1", "b9")
