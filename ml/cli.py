@@ -64,12 +64,9 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
     from ml import registry
     from ml.drift import detect_drift
     from ml.promote import ACCURACY_TAG
-    from ml.window import plan_window, window_key
+    from ml.window import plan_window
 
-    champion_version, reference = (
-        (None, []) if lake.exists(window_key(args.run_key)) else _champion_and_reference(settings, lake)
-    )
-    window = plan_window(lake, settings, args.run_key, champion_version, reference)
+    window = plan_window(lake, settings, args.run_key, lambda: _champion_and_reference(settings, lake))
     champion_model, recorded = None, None
     if window.champion_version is not None and window.new_batches:
         mlflow_client = registry.client(settings)
@@ -235,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     except CtError as exc:
         log.error("%s failed: %s", args.step, exc)
         emit({"error": str(exc), "error_type": type(exc).__name__})
+        return 1
+    except Exception as exc:  # keep the step contract (a JSON last line) even for a bug or an outage
+        log.exception("%s failed unexpectedly", args.step)
+        emit({"error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__, "unexpected": True})
         return 1
     emit(result)
     return 0

@@ -74,11 +74,9 @@ def decide(
     drifted = bool(drift.get("drift_detected"))
     # Only windows with new data move the streak; an empty window says nothing about drift.
     streak = (state.drift_streak + 1 if drifted else 0) if has_new else state.drift_streak
-    cooling = (
-        state.last_retrain_at is not None
-        and cfg.cooldown_hours > 0
-        and as_of - state.last_retrain_at < cfg.cooldown_hours * 3600
-    )
+    since_retrain = None if state.last_retrain_at is None else as_of - state.last_retrain_at
+    # A run older than the last retrain (a backfill) is not "just after" it.
+    cooling = since_retrain is not None and 0 <= since_retrain < cfg.cooldown_hours * 3600
     quality = drift.get("quality") or {}
     signals = {"drift_streak": streak, "cooling_down": cooling, "new_images": window.new_images,
                "champion_age_days": champion_age_days, "quality": quality}  # fmt: skip

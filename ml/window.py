@@ -7,6 +7,7 @@ so retries and reruns of the same DAG run see exactly the same data even if new 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,12 +50,17 @@ def considered_batches(lake: Lake) -> set[str]:
 
 
 def plan_window(
-    lake: Lake, settings: Settings, run_key: str, champion_version: str | None, reference_batches: list[str]
+    lake: Lake, settings: Settings, run_key: str, champion: Callable[[], tuple[str | None, list[str]]]
 ) -> Window:
-    """Plan the window for ``run_key``, or return the one already pinned for it."""
+    """Plan the window for ``run_key``, or return the one already pinned for it.
+
+    ``champion`` resolves the current champion's version and training batches; it is called only
+    when the window is planned, so a rerun never re-resolves a champion that has moved since.
+    """
     key = window_key(run_key)
     if lake.exists(key):
         return Window.from_dict(lake.read_json(key))
+    champion_version, reference_batches = champion()
     curated = sorted(curated_batches(lake))
     seen = considered_batches(lake) | set(reference_batches)
     new = [b for b in curated if b not in seen]

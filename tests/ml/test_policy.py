@@ -49,6 +49,12 @@ def test_cooldown_holds_drift_after_a_retrain() -> None:
     assert later.retrain and later.reasons == ["drift on mean for 1 window"]
 
 
+def test_a_backfill_run_older_than_the_last_retrain_is_not_cooling() -> None:
+    cfg = PolicyConfig(cooldown_hours=24)
+    decision, _ = decide(window(), DRIFT, cfg, PolicyState(last_retrain_at=NOW), NOW - 30 * 24 * HOUR)
+    assert decision.retrain and decision.reasons == ["drift on mean for 1 window"]
+
+
 def test_enough_new_data_retrains() -> None:
     decision, _ = decide(window(new_images=1340), CALM, PolicyConfig(), PolicyState(), NOW)
     assert decision.retrain and decision.reasons == ["1,340 new images"]
