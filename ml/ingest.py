@@ -115,7 +115,10 @@ def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
     for key in lake.list_keys(layout.join(root_key, "images")):
         rel = key[len(root_key) + 1 :]
         try:
-            clean_key(rel)
+            # A key that only normalises to a safe path ("a//b", "a/./b") is refused too: it is not
+            # the object we would read.
+            if clean_key(rel) != rel:
+                raise UnsafePath(f"lake key {rel!r} is not a normalised path")
             entries.append(_Entry(rel, True))
         except UnsafePath as exc:
             entries.append(_Entry(rel, False, str(exc)))

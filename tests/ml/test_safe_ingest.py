@@ -126,11 +126,17 @@ def test_dotdot_key_on_s3_is_rejected_and_not_read(s3_env, monkeypatch, digits) 
     settings = load_settings()
     lake = Lake.from_uri(settings.lake_uri)
     write_batch(lake, "dots", digits[0][:40], digits[1][:40], commit=False)
-    lake.client.put_object(Bucket=s3_env, Key="lake/landing/dots/images/1/../../../../outside.png", Body=b"x")  # type: ignore[attr-defined]
+    for key in ("lake/landing/dots/images/1/../../../../outside.png", "lake/landing/dots/images//etc/passwd.png"):
+        lake.client.put_object(Bucket=s3_env, Key=key, Body=b"x")  # type: ignore[attr-defined]
     lake.write_bytes(layout.commit_marker("dots"), b"")
     ingest_batch(lake, "dots", settings)
     failure = quarantined_rules(lake, "dots")["path_inside_batch"]
-    assert failure["unexpected_count"] == 1 and "contains '..'" in failure["sample_rows"][0]["error"]
+    errors = " | ".join(row["error"] for row in failure["sample_rows"])
+    assert failure["unexpected_count"] == 2
+    assert "contains '..'" in errors and "is not a normalised path" in errors
+    with lake.local_file(layout.quarantine_manifest("dots")) as path:
+        refused = pd.read_parquet(path).query("not path_ok")
+    assert refused["sha256"].isna().all(), "refused keys are never read"
 
 
 def test_empty_batch_is_quarantined(lake, settings) -> None:
