@@ -7,11 +7,14 @@ backfill run move the champion (by default backfills evaluate and record but nev
 
 | task | what it does | where it writes |
 |---|---|---|
-| drift | pins the data window, compares new batches with the champion's training data (Evidently) | `reports/ct_retrain/<run_key>/drift.json`, `drift.html` |
-| decide | retrain or skip, with reasons; *skipped* means no reason to retrain | `decision.json` |
+| drift | pins the data window; compares new batches with the champion's training data: image stats, class mix, the champion's embeddings (Evidently); scores the champion on the new labels | `reports/ct_retrain/<run_key>/drift.json`, `drift.html` |
+| decide | retrain or skip, with reasons (drift streak and cooldown, new images, model age, quality drop); *skipped* means no reason to retrain | `decision.json`, `state/policy.json` |
 | train | trains a candidate (GPU pod with the kubernetes runner), registers it in MLflow | MLflow run + model version |
 | evaluate | scores candidate and `@champion` on the same test rows | `eval.json` |
-| gate | promotes only on significant improvement with no class collapsing | `gate.json`, `gate.md` |
+| gate | promotes only on a significant improvement (McNemar / paired bootstrap) with no supported class losing recall, by compare-and-set | `gate.json`, `gate.md`, `state/decisions/` |
+
+Each task has a **ct report** link (the HTML or JSON above) and, where a model is involved, an
+**MLflow model** link. To undo a promotion, use `ct_ops`.
 
 Every step is keyed by the run, so clearing and re-running a task never duplicates a model
 version or a decision.
