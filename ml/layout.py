@@ -16,7 +16,7 @@ INGEST_DAG = "ct_ingest"
 RETRAIN_DAG = "ct_retrain"
 OPS_DAG = "ct_ops"
 
-__all__ = ["join"]
+__all__ = ["join"]  # re-exported: callers build keys with layout.join
 
 
 def landing(batch_id: str) -> str:
@@ -25,10 +25,6 @@ def landing(batch_id: str) -> str:
 
 def commit_marker(batch_id: str) -> str:
     return join(LANDING, batch_id, COMMIT_MARKER)
-
-
-def curated(batch_id: str) -> str:
-    return join(CURATED, batch_id)
 
 
 def manifest(batch_id: str, root: str = CURATED) -> str:

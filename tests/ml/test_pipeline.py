@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ml import layout, registry
-from ml.cli import main
 from ml.config import load_settings
-
-
-@pytest.fixture
-def run_step(ct_home, capsys):  # type: ignore[no-untyped-def]
-    def _run(*argv: str) -> dict:
-        code = main(list(argv))
-        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert code == (1 if "error" in result else 0)
-        return result
-
-    return _run
 
 
 def retrain(run_step, run_key: str, *, force: bool = False) -> dict:  # type: ignore[no-untyped-def]
