@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml import layout
 from ml.config import Settings
-from ml.errors import ChampionChanged, ChampionUnavailable, CtError
+from ml.errors import ChampionChanged, ChampionUnavailable, CtError, StorageError
 from ml.storage import Lake
 
 if TYPE_CHECKING:
@@ -142,7 +142,10 @@ def promotion_lock(lake: Lake, owner: str, timeout_s: float = 120.0, stale_s: fl
     body = json.dumps({"token": token, "owner": owner, "at": time.time()}).encode()
     deadline = time.monotonic() + timeout_s
     while not lake.create_exclusive(key, body):
-        holder = lake.read_json_or(key, None)
+        try:
+            holder = lake.read_json_or(key, None)
+        except StorageError:  # released between our create and our read: try again at once
+            continue
         if holder is not None and time.time() - float(holder.get("at", 0)) > stale_s:
             log.warning("breaking a stale promotion lock held by %s", holder)
             lake.delete_prefix(key)

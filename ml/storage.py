@@ -147,13 +147,17 @@ class LocalLake(Lake):
     def create_exclusive(self, key: str, data: bytes) -> bool:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            # link() is atomic and fails if the target exists: a reader never sees a half-written object.
+            os.link(tmp, target)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self.path(prefix)
