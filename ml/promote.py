@@ -43,8 +43,10 @@ def append_history(lake: Lake, record: dict[str, Any]) -> str:
     raise CtError(f"could not append to the decision history under {lake.uri(layout.state(HISTORY))}")
 
 
-def history(lake: Lake) -> list[dict[str, Any]]:
-    return [lake.read_json(k) for k in lake.list_keys(layout.state(HISTORY))]
+def history(lake: Lake, limit: int | None = None) -> list[dict[str, Any]]:
+    """Decisions in the order they were made; with ``limit``, only the newest ones."""
+    keys = lake.list_keys(layout.state(HISTORY))
+    return [lake.read_json(k) for k in (keys[-limit:] if limit else keys)]
 
 
 def render_markdown(record: dict[str, Any]) -> str:

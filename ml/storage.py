@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from ml.errors import StorageError, UnsafePath
@@ -114,50 +115,37 @@ class LocalLake(Lake):
         except FileNotFoundError as exc:
             raise StorageError(f"{self.uri(key)} does not exist") from exc
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def _publish(self, key: str, write: Callable[[BinaryIO], object], publish: Callable[[str, Path], None]) -> None:
+        """Write to a temporary file beside the target, then ``publish`` it (rename, or link)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
+            publish(tmp, target)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._publish(key, lambda fh: fh.write(data), os.replace)
 
     def write_file(self, key: str, path: Path) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(1 << 22):
-                    dst.write(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with open(path, "rb") as src:
+            self._publish(key, lambda fh: shutil.copyfileobj(src, fh, 1 << 22), os.replace)
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
             # link() is atomic and fails if the target exists: a reader never sees a half-written object.
-            os.link(tmp, target)
+            self._publish(key, lambda fh: fh.write(data), os.link)
             return True
         except FileExistsError:
             return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self.path(prefix)
@@ -178,8 +166,6 @@ class LocalLake(Lake):
         return sorted(p.name for p in base.iterdir() if not p.name.endswith(".tmp"))
 
     def delete_prefix(self, prefix: str) -> None:
-        import shutil
-
         target = self.path(prefix)
         if target.is_dir():
             shutil.rmtree(target)

@@ -6,7 +6,6 @@ logged in to Airflow (the same session cookie as the UI).
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from typing import Any
 
@@ -44,10 +43,9 @@ def create_app() -> FastAPI:
     @app.get("/decisions")
     def list_decisions(limit: int = 50) -> list[dict[str, Any]]:
         from ml.config import load_settings
+        from ml.promote import history
         from ml.storage import Lake
 
-        lake = Lake.from_uri(load_settings().lake_uri)
-        keys = lake.list_keys("state/decisions")[-limit:]
-        return [json.loads(lake.read_bytes(k)) for k in reversed(keys)]
+        return list(reversed(history(Lake.from_uri(load_settings().lake_uri), limit)))
 
     return app

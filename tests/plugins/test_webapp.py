@@ -16,6 +16,7 @@ def client(lake):  # type: ignore[no-untyped-def]
     app.dependency_overrides[get_user] = lambda: {"name": "tester"}
     lake.write_bytes("reports/ct_retrain/k/gate.md", b"# Gate decision")
     lake.write_json("state/decisions/20260101T000000-k.json", {"run_key": "k", "decision": "promote"})
+    lake.write_json("state/decisions/20260102T000000-k2.json", {"run_key": "k2", "decision": "reject"})
     lake.write_bytes("state/policy.json", b"{}")
     lake.write_bytes("landing/b/images/1/x.png", b"raw")
     return TestClient(app)
@@ -24,7 +25,9 @@ def client(lake):  # type: ignore[no-untyped-def]
 def test_serves_reports_and_decisions(client) -> None:
     page = client.get("/lake/reports/ct_retrain/k/gate.md")
     assert page.status_code == 200 and page.text == "# Gate decision"
-    assert client.get("/decisions").json() == [{"run_key": "k", "decision": "promote"}]
+    newest_first = [{"run_key": "k2", "decision": "reject"}, {"run_key": "k", "decision": "promote"}]
+    assert client.get("/decisions").json() == newest_first
+    assert client.get("/decisions?limit=1").json() == newest_first[:1]
 
 
 @pytest.mark.parametrize(
