@@ -2,7 +2,9 @@
 
 Inputs are ids and URIs. Logs go to stderr. The last line of stdout is one JSON object, which the
 Airflow operator turns into the task's XCom; in a pod it is also written to ``/airflow/xcom/return.json``.
-A step with nothing to do prints ``{"skip": "<reason>"}`` and exits 0; failures exit 1 with the reason.
+A step with nothing to do prints ``{"skip": "<reason>"}`` and exits 0. A failure prints
+``{"error": ..., "error_type": ..., "retryable": ...}`` and exits with the code of its kind
+(:mod:`ml.errors`): 1 a failure to act on, 2 refused arguments, 75 a service did not answer.
 """
 
 from __future__ import annotations
@@ -16,38 +18,48 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ml.config import Settings, load_settings
-from ml.errors import CtError, NothingToDo
+from ml.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CtError,
+    InfrastructureUnavailable,
+    NothingToDo,
+    UsageError,
+)
+from ml.layout import id_problem
+from ml.outage import outage
 from ml.storage import Lake
 
 log = logging.getLogger("ml")
 
 XCOM_DIR = Path("/airflow/xcom")
-RUN_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 Step = Callable[[argparse.Namespace, Settings, Lake], dict[str, Any]]
 
 
 def _checked_id(value: str) -> str:
-    if not value or not set(value) <= RUN_KEY_CHARS or value.startswith("."):
-        raise argparse.ArgumentTypeError(f"{value!r}: use letters, digits, '.', '_' and '-' only")
+    problem = id_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
-def step_ingest(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.ingest import ingest_batch, pending_batches
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused command line raises :class:`UsageError` (a JSON line, exit 2), never exits."""
 
-    batch_ids = list(dict.fromkeys(args.batch_id or [])) or pending_batches(lake)
-    if not batch_ids:
-        raise NothingToDo("no committed landing batch is waiting to be ingested")
-    results = [ingest_batch(lake, b, settings) for b in batch_ids]
-    return {
-        "batches": results,
-        "curated": [r["batch_id"] for r in results if r["status"] == "curated"],
-        "quarantined": [r for r in results if r["status"] == "quarantined"],
-    }
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def step_ingest(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.ingest import ingest_many
+
+    return ingest_many(lake, args.batch_id, settings)
 
 
 def _champion_and_reference(settings: Settings, lake: Lake) -> tuple[str | None, list[str]]:
@@ -177,9 +189,9 @@ STEPS: dict[str, Step] = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m ml", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default=os.environ.get("CT_LOG_LEVEL", "INFO"))
-    sub = parser.add_subparsers(dest="step", required=True)
+    sub = parser.add_subparsers(dest="step", required=True, parser_class=_Parser)
     ingest = sub.add_parser("ingest", help="curate or quarantine committed landing batches")
     ingest.add_argument(
         "--batch-id", action="append", type=_checked_id, help="repeatable; default: every pending batch"
@@ -218,24 +230,39 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _error(exc: BaseException, **extra: Any) -> dict[str, Any]:
+    return {"error": str(exc), "error_type": type(exc).__name__,
+            "retryable": isinstance(exc, InfrastructureUnavailable), **extra}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    """Run one step and return its exit code; the last stdout line is always one JSON object."""
+    step = "the command"
     try:
+        args = get_args_parser().parse_args(argv)
+        step = args.step
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
         settings = load_settings()
         lake = Lake.from_uri(settings.lake_uri)
         result = STEPS[args.step](args, settings, lake)
-    except NothingToDo as exc:
-        emit({"skip": str(exc)})
-        return 0
     except CtError as exc:
-        log.error("%s failed: %s", args.step, exc)
-        emit({"error": str(exc), "error_type": type(exc).__name__})
-        return 1
+        if isinstance(exc, NothingToDo):
+            emit({"skip": str(exc)})
+            return EXIT_OK
+        log.error("%s failed: %s", step, exc)
+        emit(_error(exc))
+        return exc.exit_code
+    except SystemExit as exc:  # --help
+        return EXIT_OK if not exc.code else EXIT_USAGE
     except Exception as exc:  # keep the step contract (a JSON last line) even for a bug or an outage
-        log.exception("%s failed unexpectedly", args.step)
-        emit({"error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__, "unexpected": True})
-        return 1
+        unavailable = outage(exc)
+        if unavailable is not None:
+            log.error("%s failed: %s", step, unavailable)
+            emit(_error(unavailable))
+            return EXIT_UNAVAILABLE
+        log.exception("%s failed unexpectedly", step)
+        emit(_error(exc, error=f"{type(exc).__name__}: {exc}", unexpected=True))
+        return EXIT_FAILED
     emit(result)
-    return 0
+    return EXIT_OK

@@ -1,18 +1,45 @@
-"""Exceptions that a step raises; each message says what to do next."""
+"""Exceptions that a step raises, and the exit codes they map to; each message says what to do next.
+
+Exit codes of ``python -m ml`` (the operator maps them to task outcomes):
+
+====  =====================================================================================
+0     success, or nothing to do (the JSON line then holds ``skip``)
+1     the step failed for a reason a person must act on (bad data, a missing input, a bug)
+2     usage error: the arguments were refused; retrying the same command cannot help
+75    a service (MLflow, S3, the database) could not be reached: nothing was decided, retry later
+====  =====================================================================================
+"""
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 75  # sysexits.h EX_TEMPFAIL
 
 
 class CtError(Exception):
     """Base class: a failure a person can act on."""
 
+    exit_code = EXIT_FAILED
+
+
+class UsageError(CtError):
+    """The command line was refused (a bad id, a missing flag)."""
+
+    exit_code = EXIT_USAGE
+
 
 class ConfigError(CtError):
     """The configuration file or an environment override is invalid."""
 
+    exit_code = EXIT_USAGE
+
 
 class NothingToDo(CtError):
     """The step has no work for this run; the operator maps it to a skip."""
+
+    exit_code = EXIT_OK
 
 
 class BatchNotFound(CtError):
@@ -28,8 +55,22 @@ class ChampionUnavailable(CtError):
 
 
 class ChampionChanged(CtError):
-    """The champion moved while a gate was evaluating; the evaluation is stale."""
+    """The champion moved while a gate was evaluating, more often than the gate re-evaluates."""
 
 
 class StorageError(CtError):
-    """The lake could not be read or written."""
+    """The lake could not be read or written (a missing object, a refused write)."""
+
+
+class CorruptState(StorageError):
+    """A state or report object exists but cannot be parsed; the message names the object."""
+
+
+class LeaseLost(CtError):
+    """This process no longer holds the promotion lease (it expired or was taken over): it must not act."""
+
+
+class InfrastructureUnavailable(CtError):
+    """MLflow, S3 or the database did not answer. Nothing was decided; the task fails and retries."""
+
+    exit_code = EXIT_UNAVAILABLE

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml import layout
 from ml.config import Settings
-from ml.errors import BatchNotFound, CtError, UnsafePath
+from ml.errors import BatchNotFound, CtError, InfrastructureUnavailable, NothingToDo, UnsafePath
 from ml.storage import Lake, LocalLake, clean_key
 
 if TYPE_CHECKING:
@@ -337,6 +337,49 @@ def ingest_batch(
     log.info("batch %s curated: %d images, %d dropped", batch_id, len(manifest), len(dropped))
     summary = _curated_summary(lake, dataset_id, root)
     return {"batch_id": batch_id, "status": "curated", "already_done": False, "dropped": len(dropped), **summary}
+
+
+def ingest_many(lake: Lake, batch_ids: list[str] | None, settings: Settings) -> dict[str, Any]:
+    """Ingest the given batches (None: every pending one), each on its own.
+
+    One batch's failure never stops the others: an unexpected error quarantines that batch with the
+    rule ``ingest_error`` and the loop goes on. An outage (:class:`InfrastructureUnavailable`) stops
+    the step instead, so that the task retries and no batch is quarantined for the service's fault.
+    """
+    ids = list(dict.fromkeys(batch_ids or [])) or pending_batches(lake)
+    if not ids:
+        raise NothingToDo("no committed landing batch is waiting to be ingested")
+    results = []
+    for batch_id in ids:
+        try:
+            results.append(ingest_batch(lake, batch_id, settings))
+        except (InfrastructureUnavailable, BatchNotFound):
+            raise
+        except Exception as exc:
+            from ml.outage import outage
+
+            if (unavailable := outage(exc)) is not None:
+                raise unavailable from exc
+            log.exception("batch %s could not be ingested; quarantining it and going on", batch_id)
+            results.append(quarantine_unexpected(lake, batch_id, exc))
+    return {
+        "batches": results,
+        "curated": [r["batch_id"] for r in results if r["status"] == "curated"],
+        "quarantined": [r for r in results if r["status"] == "quarantined"],
+    }
+
+
+def quarantine_unexpected(lake: Lake, batch_id: str, exc: BaseException) -> dict[str, Any]:
+    """Quarantine a batch whose ingest crashed, with the error, so that it cannot wedge the queue."""
+    reason = f"{type(exc).__name__}: {exc}"[:2000]
+    failure: dict[str, Any] = {"rule": "ingest_error", "level": "batch", "expectation": None, "unexpected_count": 0,
+               "why": "ingest raised an unexpected error on this batch; the others went on", "observed": reason,
+               "sample_rows": []}  # fmt: skip
+    report = {"batch_id": batch_id, "status": "quarantined", "rows": 0, "failed_rules": ["ingest_error"],
+              "success": False, "failures": [failure], "landing_uri": lake.uri(layout.landing(batch_id))}  # fmt: skip
+    lake.write_json(layout.quarantine_report(batch_id), report)
+    return {"batch_id": batch_id, "status": "quarantined", "failed_rules": ["ingest_error"],
+            "report_uri": lake.uri(layout.quarantine_report(batch_id))}  # fmt: skip
 
 
 def freeze_golden(lake: Lake, batch_id: str, name: str, settings: Settings) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ml.storage import join
 
 LANDING = "landing"
@@ -17,6 +19,20 @@ RETRAIN_DAG = "ct_retrain"
 OPS_DAG = "ct_ops"
 
 __all__ = ["join"]  # re-exported: callers build keys with layout.join
+
+#: The one rule for batch ids, run keys and golden-set names, everywhere: the CLI, the landing
+#: watcher, ``ct_ingest``'s Params and the lake keys. Short enough to be a file name on any disk.
+ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+ID_RULE = "1 to 128 of letters, digits, '.', '_' and '-', not starting with '.'"
+_ID = re.compile(ID_PATTERN)
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid batch id / run key, or None when it is."""
+    if _ID.fullmatch(value):
+        return None
+    shown = value if len(value) <= 60 else f"{value[:57]}..."
+    return f"{shown!r} is not a valid id: use {ID_RULE}"
 
 
 def landing(batch_id: str) -> str:

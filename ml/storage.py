@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from ml.errors import StorageError, UnsafePath
+from ml.errors import CorruptState, InfrastructureUnavailable, StorageError, UnsafePath
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ class Lake(ABC):
         """Names of the immediate children (files and folders) of ``prefix``, sorted."""
 
     @abstractmethod
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` with its size in bytes, from the listing alone (nothing is read)."""
+
+    @abstractmethod
     def delete_prefix(self, prefix: str) -> None: ...
 
     @abstractmethod
@@ -92,7 +96,14 @@ class Lake(ABC):
         self.write_bytes(key, path.read_bytes())
 
     def read_json(self, key: str) -> Any:
-        return json.loads(self.read_bytes(key))
+        """Parse a JSON object; a corrupt one raises :class:`CorruptState` naming it."""
+        data = self.read_bytes(key)
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptState(
+                f"{self.uri(key)} is not valid JSON ({exc}); restore it, or move it aside if it is expendable"
+            ) from exc
 
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -165,6 +176,9 @@ class LocalLake(Lake):
             return []
         return sorted(p.name for p in base.iterdir() if not p.name.endswith(".tmp"))
 
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        return {key: self.path(key).lstat().st_size for key in self.list_keys(prefix)}
+
     def delete_prefix(self, prefix: str) -> None:
         target = self.path(prefix)
         if target.is_dir():
@@ -191,8 +205,40 @@ class S3Lake(Lake):
     @cached_property
     def client(self) -> Any:
         import boto3
+        from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=os.environ.get("CT_S3_ENDPOINT_URL") or None)
+        # Retries: botocore's standard mode (AWS_MAX_ATTEMPTS tunes it); then an outage is an error.
+        config = Config(
+            retries={"mode": "standard"},
+            connect_timeout=float(os.environ.get("CT_S3_CONNECT_TIMEOUT", "10")),
+            read_timeout=float(os.environ.get("CT_S3_READ_TIMEOUT", "60")),
+        )
+        return boto3.client("s3", endpoint_url=os.environ.get("CT_S3_ENDPOINT_URL") or None, config=config)
+
+    @contextmanager
+    def _call(self, what: str, key: str = "") -> Iterator[None]:
+        """Turn "S3 did not answer" into :class:`InfrastructureUnavailable`; other errors pass through."""
+        from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
+                raise InfrastructureUnavailable(
+                    f"S3 failed while {what} {self.uri(key)}: {code or status}; retry later"
+                ) from exc
+            raise
+        except (ConnectionError, HTTPClientError) as exc:
+            endpoint = self.client.meta.endpoint_url
+            raise InfrastructureUnavailable(
+                f"S3 at {endpoint} did not answer while {what} {self.uri(key)}: {exc}"
+            ) from exc
+        except BotoCoreError as exc:
+            if "credential" in type(exc).__name__.lower():
+                raise StorageError(f"no S3 credentials while {what} {self.uri(key)}: {exc}") from exc
+            raise
 
     def _key(self, key: str) -> str:
         key = clean_key(key)
@@ -203,22 +249,26 @@ class S3Lake(Lake):
 
     def read_bytes(self, key: str) -> bytes:
         try:
-            return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
+            with self._call("reading", key):
+                return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
         except self.client.exceptions.NoSuchKey as exc:
             raise StorageError(f"{self.uri(key)} does not exist") from exc
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._call("writing", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def write_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key))
+        with self._call("uploading", key):
+            self.client.upload_file(str(path), self.bucket, self._key(key))
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
         try:
             # S3 conditional write: fails with 412 if the key exists (and 409 on a concurrent race).
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            with self._call("creating", key):
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in (
@@ -234,7 +284,8 @@ class S3Lake(Lake):
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            with self._call("checking", key):
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -247,10 +298,18 @@ class S3Lake(Lake):
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
+        with self._call("listing", prefix):
+            yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
 
     def list_keys(self, prefix: str) -> list[str]:
         return sorted(self._rel(o["Key"]) for page in self._paginate(prefix, None) for o in page.get("Contents", []))
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        return {
+            self._rel(o["Key"]): int(o["Size"])
+            for page in self._paginate(prefix, None)
+            for o in page.get("Contents", [])
+        }
 
     def list_children(self, prefix: str) -> list[str]:
         names: set[str] = set()
@@ -265,11 +324,13 @@ class S3Lake(Lake):
             keys.append(self._key(prefix))
         for start in range(0, len(keys), 1000):
             chunk = [{"Key": k} for k in keys[start : start + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            with self._call("deleting", prefix):
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
 
     @contextmanager
     def local_file(self, key: str) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="ct-lake-") as tmp:
             path = Path(tmp) / posixpath.basename(clean_key(key))
-            self.client.download_file(self.bucket, self._key(key), str(path))
+            with self._call("downloading", key):
+                self.client.download_file(self.bucket, self._key(key), str(path))
             yield path
