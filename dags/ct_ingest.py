@@ -21,8 +21,9 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from ct_airflow.assets import landing_asset
-from ct_airflow.operators import CtIngestOperator
+from ct_airflow.operators import OUTAGE_RETRIES, CtIngestOperator
 from ct_airflow.tasks import fail_on_quarantine, publish_curated
+from ml.layout import ID_PATTERN, ID_RULE
 
 with DAG(
     dag_id="ct_ingest",
@@ -32,10 +33,13 @@ with DAG(
     tags=["ct"],
     params={
         "batch_ids": Param(
-            [], type="array", items={"type": "string"}, description="Landing batch ids; empty: all pending"
+            [],
+            type="array",
+            items={"type": "string", "pattern": f"^{ID_PATTERN}$"},
+            description=f"Landing batch ids ({ID_RULE}); empty: all pending",
         ),
     },
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args=OUTAGE_RETRIES,
 ):
     ingest = CtIngestOperator(task_id="ingest", execution_timeout=timedelta(hours=2))
     publish_curated(ingest.output)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param
 
-from ct_airflow.operators import CtOverrideOperator
+from ct_airflow.operators import OUTAGE_RETRIES, CtOverrideOperator
 
 with DAG(
     dag_id="ct_ops",
@@ -30,4 +30,5 @@ with DAG(
         "reason": Param("", type="string", minLength=10, description="Why; kept in the decision history"),
     },
 ):
-    CtOverrideOperator(task_id="move_champion", retries=0)
+    # A retry of the same run key finishes what an outage interrupted; it never decides twice.
+    CtOverrideOperator(task_id="move_champion", **OUTAGE_RETRIES)

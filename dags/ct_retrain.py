@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from ct_airflow.assets import CURATED
-from ct_airflow.operators import CtStepOperator
+from ct_airflow.operators import OUTAGE_RETRIES, CtStepOperator
 
 with DAG(
     dag_id="ct_retrain",
@@ -41,7 +41,8 @@ with DAG(
         "force_retrain": Param(False, type="boolean", description="Retrain even if the policy says skip"),
         "allow_backfill_promote": Param(False, type="boolean", description="Let a backfill run promote"),
     },
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
+    # Retries cover outages (a step that cannot reach MLflow or S3 decides nothing and exits 75).
+    default_args=OUTAGE_RETRIES,
 ):
     drift = CtStepOperator(task_id="drift", step="drift")
     decide = CtStepOperator(

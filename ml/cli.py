@@ -114,10 +114,12 @@ def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dic
         if window.champion_version is not None and settings.policy.max_model_age_days is not None:
             mv = registry.client(settings).get_model_version(settings.model_name, window.champion_version)
             age_days = (as_of - mv.creation_timestamp / 1000) / 86400
-        decision, state = policy.decide(
-            window, drift, settings.policy, policy.load_state(lake), as_of, age_days, force=args.force
-        )
-        recorded = policy.record_decision(lake, window, decision, state, as_of)
+        state = policy.load_state(lake)
+        decision, new_state = policy.decide(window, drift, settings.policy, state, as_of, age_days, force=args.force)
+        recorded = policy.record_decision(lake, window, decision, state, new_state, as_of, backfill=args.backfill)
+    else:
+        policy.apply_state(lake, recorded)  # finish what a killed attempt committed but did not apply
+    log.info("decide %s: %s", args.run_key, recorded["summary"])
     if not recorded["retrain"]:
         return {"skip": recorded["summary"], **recorded}
     return recorded
@@ -152,6 +154,7 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
         "gate_md_uri",
         "already_done",
         "backfill",
+        "superseded_champions",
     )
     summary = {k: record[k] for k in keep}
     summary["candidate_accuracy"] = record["metrics"]["candidate"]["accuracy"]
@@ -164,7 +167,7 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
 def step_override(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
     from ml.promote import run_override
 
-    run_key = args.run_key or f"cli-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    run_key = args.run_key or f"cli-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
     version = args.to if args.step == "rollback" else args.version
     return run_override(lake, settings, args.step, str(version), args.reason, run_key, actor=args.actor)
 
@@ -206,6 +209,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         if name == "decide":
             step.add_argument("--force", action="store_true", help="retrain whatever the policy says")
             step.add_argument("--as-of", type=datetime.fromisoformat, help="the run's time (ISO 8601); default now")
+            step.add_argument("--backfill", action="store_true", help="a backfill run: never write live policy memory")
         if name == "gate":
             step.add_argument("--backfill", action="store_true", help="a backfill run: record, do not promote")
             step.add_argument("--allow-backfill-promote", action="store_true", help="let this backfill run promote")

@@ -3,11 +3,14 @@
 Precedence, lowest first:
 1. the defaults below, which are the embedded profile (everything under ``CT_HOME``, ``./.ct``);
 2. ``CT_CONFIG_JSON`` (how a pod receives the whole configuration) or the YAML file named by ``CT_CONFIG``;
-3. ``CT_<SECTION>__<FIELD>`` variables, e.g. ``CT_GATE__MARGIN=0.02``, and the top-level
-   shortcuts ``CT_PROFILE``, ``CT_LAKE_URI``, ``CT_MLFLOW_TRACKING_URI`` and ``CT_RUNNER``.
+3. ``CT_<SECTION>__<FIELD>`` variables, e.g. ``CT_GATE__MARGIN=0.02``, and ``CT_<FIELD>`` for every
+   top-level field that is not a section (``CT_LAKE_URI``, ``CT_RUNNER``, ``CT_LABELS``, ...).
 
 Scalars from the environment are coerced to the field's type (``CT_TRAIN__EPOCHS=3``); a value
 that starts with ``[`` or ``{`` is parsed as YAML (``CT_KUBERNETES__NODE_SELECTOR='{gpu: h100}'``).
+A list field also takes comma-separated values (``CT_LABELS=cat,dog,bird``, or ``'[cat, dog]'``).
+A top-level ``CT_`` variable that is neither a setting nor in :data:`NOT_CONFIG_ENV` is logged as a
+warning and ignored, so that a misspelt shortcut does not pass silently.
 """
 
 from __future__ import annotations
@@ -17,17 +20,22 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ml.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "CT_"
-TOP_LEVEL_ENV = ("profile", "home", "lake_uri", "mlflow_tracking_uri", "mlflow_artifact_uri", "runner", "model_name")
+#: ``CT_`` variables that are read elsewhere (storage, the CLI, the image build, the operator) and
+#: are not settings; ``CT_CONFIG``/``CT_CONFIG_JSON`` name the configuration itself.
+NOT_CONFIG_ENV = frozenset({
+    "CT_CONFIG", "CT_CONFIG_JSON", "CT_S3_ENDPOINT_URL", "CT_S3_CONNECT_TIMEOUT", "CT_S3_READ_TIMEOUT",
+    "CT_CODE_VERSION", "CT_LOG_LEVEL", "CT_RUN_KEY",
+})  # fmt: skip
 
 
 class _Section(BaseModel):
@@ -52,12 +60,28 @@ class IngestConfig(_Section):
         "fail", description="Row-level rule failures quarantine the batch (fail) or drop those rows with a record"
     )
     always_fail_rules: tuple[str, ...] = Field(
-        ("path_inside_batch",), description="Row-level rules that fail the batch even with on_bad_rows=drop"
+        ("path_inside_batch", "file_name", "layout"),
+        description="Row-level rules that fail the batch even with on_bad_rows=drop: a file that leaves the batch, "
+        "or one whose name or place the producer got wrong, says the producer is broken",
     )
     min_side: int = Field(4, ge=1)
     max_side: int = Field(8192, ge=1)
-    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    extensions: tuple[str, ...] = Field(
+        (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"),
+        description="File suffixes accepted (compared lower-cased; rule file_extension); they also decide which "
+        "decoded formats are accepted (rule image_format)",
+    )
+    max_file_bytes: int = Field(
+        64 * 1024**2, ge=1, description="Larger files (size from the listing) are rejected unread (rule file_size)"
+    )
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lower_case(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if bad := [ext for ext in value if not ext.startswith(".") or len(ext) < 2]:
+            raise ValueError(f"ingest.extensions must look like '.png', got {bad}")
+        return tuple(ext.lower() for ext in value)
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> IngestConfig:
@@ -125,6 +149,9 @@ class GateConfig(_Section):
     max_latency_p95_ms: float | None = Field(None, gt=0, description="Budget: CPU p95 latency per eval batch")
     max_size_mb: float | None = Field(None, gt=0, description="Budget: parameters plus buffers, in MB")
     latency_batch_size: int = Field(64, ge=1)
+    max_reevaluations: int = Field(
+        3, ge=0, description="When @champion moves during a gate, re-score the new one on the same rows this often"
+    )
 
 
 class KubernetesConfig(_Section):
@@ -175,7 +202,8 @@ class Settings(_Section):
             object.__setattr__(self, "lake_uri", (home / "lake").as_uri())
         if not self.mlflow_tracking_uri:
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
-        if not self.mlflow_artifact_uri:
+        if not self.mlflow_artifact_uri and not self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            # A local store gets a local artifact root; a tracking server decides (and proxies) its own.
             object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise ValueError(f"labels must be at least two distinct names, got {list(self.labels)}")
@@ -198,16 +226,46 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Section)
+
+
+#: Top-level fields that ``CT_<FIELD>`` sets, derived from :class:`Settings` so that none is forgotten.
+TOP_LEVEL_ENV = tuple(name for name, field in Settings.model_fields.items() if not _is_section(field.annotation))
+
+
+def _field_annotation(path: list[str]) -> Any:
+    """The type of the setting at ``path`` (e.g. ``["ingest", "extensions"]``), or None if there is none."""
+    model: Any = Settings
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not _is_section(field.annotation):
+            return None
+        model = field.annotation
+    field = model.model_fields.get(path[-1])
+    return field.annotation if field is not None else None
+
+
+def _env_value(path: list[str], raw: str) -> Any:
+    """Scalars stay strings (pydantic coerces them); ``[...]``/``{...}`` is YAML; a list field also takes ``a,b,c``."""
+    if raw.lstrip().startswith(("[", "{")):
+        return yaml.safe_load(raw)
+    if get_origin(_field_annotation(path)) in (tuple, list):
+        return [part.strip() for part in raw.split(",")] if raw.strip() else []
+    return raw
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("CT_CONFIG", "CT_CONFIG_JSON"):
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if len(path) == 1 and path[0] not in TOP_LEVEL_ENV:
-            continue  # CT_* variables that are not configuration, e.g. CT_RUN_KEY
-        # Scalars stay strings and pydantic coerces them to the field's type; lists and mappings are YAML.
-        value = yaml.safe_load(raw) if raw.lstrip().startswith(("[", "{")) else raw
+            # Not a setting: ignored, but said, so that CT_LABEL=... or CT_LAKEURI=... does not pass silently.
+            log.warning("ignoring %s: not a ct setting (top-level settings: %s)", name, ", ".join(TOP_LEVEL_ENV))
+            continue
+        value = _env_value(path, raw)
         node = overrides
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -55,7 +55,11 @@ class ChampionUnavailable(CtError):
 
 
 class ChampionChanged(CtError):
-    """The champion moved while a gate was evaluating, more often than the gate re-evaluates."""
+    """The champion moved while a gate was evaluating (``current`` is where it points now)."""
+
+    def __init__(self, message: str, current: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class StorageError(CtError):

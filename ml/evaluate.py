@@ -17,11 +17,11 @@ import numpy as np
 
 from ml import layout, registry
 from ml.config import Settings
-from ml.data import concat, load_split
+from ml.data import Split, concat, load_split
 from ml.errors import CtError
 from ml.gate import metrics
 from ml.storage import Lake
-from ml.window import load_window
+from ml.window import Window, load_window
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +30,8 @@ def eval_key(run_key: str) -> str:
     return layout.report(layout.RETRAIN_DAG, run_key, "eval.json")
 
 
-def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
-    """Evaluate once per run key: a rerun returns the pinned result instead of re-resolving the champion."""
-    key = eval_key(run_key)
-    if lake.exists(key):
-        return _summary(lake.read_json(key), lake.uri(key), already_done=True)
-
-    from ml.train import pick_device, predict
-
-    mlflow_client = registry.client(settings)
-    candidate = registry.version_by_run_key(mlflow_client, settings.model_name, run_key)
-    if candidate is None:
-        raise CtError(f"run {run_key} registered no candidate; run its train step first")
-    champion = registry.champion(mlflow_client, settings.model_name)
-    window = load_window(lake, run_key)
+def eval_rows(lake: Lake, settings: Settings, window: Window) -> Split:
+    """The evaluation rows of a window: test splits of its newest batches, plus the golden set if any."""
     rows = load_split(lake, window.eval_batches, "test", settings.labels)
     golden = settings.gate.golden_set
     if golden:
@@ -52,29 +40,73 @@ def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
                 f"gate.golden_set={golden!r} but {lake.uri(layout.manifest(golden, layout.GOLDEN))} is missing"
             )
         rows = concat(rows, load_split(lake, [golden], None, settings.labels, root=layout.GOLDEN))
-    device = pick_device(settings.train.device)
+    return rows
 
+
+def _score(settings: Settings, version: registry.VersionInfo, rows: Split) -> dict[str, Any]:
+    from ml.train import pick_device, predict
+
+    device = pick_device(settings.train.device)
+    model = registry.load_model(settings, version)
+    pred = predict(model.to(device), rows.images, device)
+    scored = {"version": version.version, "run_id": version.run_id, "pred": pred.tolist(),
+              "metrics": metrics(rows.labels, pred, settings.labels)}  # fmt: skip
+    if settings.gate.max_latency_p95_ms is not None or settings.gate.max_size_mb is not None:
+        scored["cost"] = cost(model, rows.images, settings.gate.latency_batch_size)
+    return scored
+
+
+def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
+    """Evaluate once per run key: a rerun returns the pinned result instead of re-resolving the champion."""
+    key = eval_key(run_key)
+    if lake.exists(key):
+        return _summary(lake.read_json(key), lake.uri(key), already_done=True)
+
+    mlflow_client = registry.client(settings)
+    candidate = registry.version_by_run_key(mlflow_client, settings.model_name, run_key)
+    if candidate is None:
+        raise CtError(f"run {run_key} registered no candidate; run its train step first")
+    champion = registry.champion(mlflow_client, settings.model_name)
+    window = load_window(lake, run_key)
+    rows = eval_rows(lake, settings, window)
     record: dict[str, Any] = {
         "run_key": run_key,
         "labels": list(settings.labels),
         "eval_batches": window.eval_batches,
-        "golden_set": golden,
+        "golden_set": settings.gate.golden_set,
         "train_batches": window.train_batches,
         "rows": rows.rows.to_dict(orient="list"),
         "y_true": rows.labels.tolist(),
-        "candidate": {"version": candidate.version, "run_id": candidate.run_id},
-        "champion": None,
+        "candidate": _score(settings, candidate, rows),
+        "champion": _score(settings, champion, rows) if champion is not None else None,
     }
-    candidate_pred = predict(registry.load_model(settings, candidate).to(device), rows.images, device)
-    record["candidate"].update(
-        pred=candidate_pred.tolist(), metrics=metrics(rows.labels, candidate_pred, settings.labels)
-    )
-    if champion is not None:
-        champion_pred = predict(registry.load_model(settings, champion).to(device), rows.images, device)
-        record["champion"] = {"version": champion.version, "run_id": champion.run_id, "pred": champion_pred.tolist(),
-                              "metrics": metrics(rows.labels, champion_pred, settings.labels)}  # fmt: skip
     lake.write_json(key, record)
     return _summary(record, lake.uri(key), already_done=False)
+
+
+def rescore_champion(lake: Lake, settings: Settings, run_key: str, champion_version: str | None) -> dict[str, Any]:
+    """Score a new champion on the rows this run already evaluated, and pin it in ``eval.json``.
+
+    The gate calls this when ``@champion`` moved while it was deciding: the candidate's predictions
+    stay, the rows stay, only the side it is compared with changes. The earlier champions are kept.
+    """
+    key = eval_key(run_key)
+    record: dict[str, Any] = lake.read_json(key)
+    rows = eval_rows(lake, settings, load_window(lake, run_key))
+    if rows.rows["sha256"].tolist() != record["rows"]["sha256"]:
+        raise CtError(f"the evaluation rows of {run_key} changed since {lake.uri(key)} was written; re-run evaluate")
+    previous = record.get("champion")
+    record.setdefault("superseded_champions", []).append(previous["version"] if previous else None)
+    if champion_version is None:
+        record["champion"] = None
+    else:
+        mlflow_client = registry.client(settings)
+        record["champion"] = _score(
+            settings, registry.get_version(mlflow_client, settings.model_name, champion_version), rows
+        )
+    lake.write_json(key, record)
+    log.info("re-scored %s against the new champion v%s on the same %d rows", run_key, champion_version, len(rows))
+    return record
 
 
 def cost(model: Any, images: np.ndarray, batch_size: int, repeats: int = 20, warmup: int = 3) -> dict[str, float]:

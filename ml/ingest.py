@@ -1,12 +1,19 @@
 """Turn a committed landing batch into a curated batch, or quarantine it with the reason.
 
 A landing batch is ``landing/<batch_id>/images/<label>/<file>`` plus a ``_COMMITTED`` marker
-written last by the producer. Ingest reads only inside the batch root, builds the manifest,
-validates it with Great Expectations and writes either
+written last by the producer. Ingest first checks the batch itself (its name, that its root really
+is that folder, the marker; see ``INGEST_CHECKS`` in :mod:`ml.validate`), then lists its files and
+reads only those that pass the listing checks (inside the batch root, a usable name, the expected
+layout, an allowed extension and size). It builds the manifest, validates it with Great
+Expectations plus the ingest checks, and writes either
 
 * ``curated/<batch_id>/shards/images.npy`` (uint8 NHWC at the model's input size), then
   ``curated/<batch_id>/manifest.parquet`` last, so that a reader never sees half a batch; or
 * ``quarantine/<batch_id>/report.json`` naming each failed rule and its rows, plus the manifest.
+
+Landing folder names follow :data:`ml.layout.ID_RULE`. A committed folder whose name does not is
+listed under a derived id (:func:`landing_id`) and quarantined with rule ``batch_name``: never read,
+never curated, never lost.
 """
 
 from __future__ import annotations
@@ -15,15 +22,18 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ml import layout
 from ml.config import Settings
-from ml.errors import BatchNotFound, CtError, InfrastructureUnavailable, NothingToDo, UnsafePath
+from ml.errors import BatchNotFound, CtError, InfrastructureUnavailable, NothingToDo, UnsafePath, UsageError
 from ml.storage import Lake, LocalLake, clean_key
+from ml.validate import RuleFailure, ValidationOutcome, batch_failure, render_html, validate_manifest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,6 +47,10 @@ MANIFEST_COLUMNS = [
 ]  # fmt: skip
 NATIVE_MODES = frozenset({"1", "L", "P", "RGB"})
 HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+INVALID_NAME_PREFIX = "invalid-name-"
+# The report's ``stage`` of a failure: one validation, or the passes before and after dropping rows.
+VALIDATION, BEFORE_DROP, AFTER_DROP = "validation", "before_drop", "after_drop"
+DROP_RECORDS = ("dropped.json", "validation_before_drop.json")  # under reports/ct_ingest/<batch_id>/
 
 
 class UnsupportedMode(ValueError):
@@ -47,9 +61,89 @@ class DecompressionBomb(ValueError):
     """The header promises more pixels than ``image.max_pixels``; nothing was decoded."""
 
 
+class DisallowedFormat(ValueError):
+    """The header names a format that ``ingest.extensions`` does not allow; nothing was decoded."""
+
+
+def raw_name(name: str) -> bytes:
+    """A listed name's bytes as stored: ``os.listdir`` hands back bytes that are not UTF-8 as surrogates."""
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError:  # a surrogate that stands for no byte; no listing returns one
+        return name.encode("utf-8", "surrogatepass")
+
+
+def _unprintable(char: str) -> bool:
+    # str.isprintable() also refuses spaces other than ' ' (a no-break space): harmless in a name.
+    return not char.isprintable() and unicodedata.category(char) != "Zs"
+
+
+def printable(name: str) -> str:
+    """``name`` as text that every encoder, log and terminal takes, for showing (never for opening).
+
+    Bytes that are not UTF-8 become ``\\xff``; control and invisible characters ``\\n``, ``\\u202e``.
+    """
+    if name.isprintable():  # the common case, in C: also False for the surrogates of undecodable bytes
+        return name
+    text = raw_name(name).decode("utf-8", "backslashreplace")
+    return "".join(c.encode("unicode_escape").decode("ascii") if _unprintable(c) else c for c in text)
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    text = printable(name)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def name_problem(name: str) -> str | None:
+    """Why a path in a batch is not a usable name (rule ``file_name``), or None."""
+    if name.isprintable() and "\\" not in name:  # the common case, without a per-character loop
+        return None
+    try:
+        text = raw_name(name).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the name is not valid UTF-8"
+    if "\\" in text:  # not a lake key (clean_key refuses it), and a folder separator elsewhere
+        return "the name contains a backslash"
+    if any(_unprintable(c) for c in text):
+        return "the name contains a control or other invisible character"
+    return None
+
+
+def landing_id(name: str) -> str:
+    """The id a landing folder is ingested under: its name, or a safe derived id when the name breaks the id rule.
+
+    The derived id, ``invalid-name-<first 16 hex of the sha256 of the raw name>``, is a valid id and
+    a short key, stable across runs, so the folder is quarantined once (rule ``batch_name``).
+    """
+    if layout.id_problem(name) is None:
+        return name
+    return INVALID_NAME_PREFIX + hashlib.sha256(raw_name(name)).hexdigest()[:16]
+
+
+def landing_name(lake: Lake, batch_id: str) -> str:
+    """The landing folder behind ``batch_id``: the id itself, or the invalid-named folder it was derived from."""
+    if batch_id.startswith(INVALID_NAME_PREFIX) and not lake.exists(layout.commit_marker(batch_id)):
+        for name in lake.list_children(layout.LANDING):
+            if name != batch_id and landing_id(name) == batch_id:
+                return name
+    return batch_id
+
+
+def _is_committed(lake: Lake, name: str) -> bool:
+    try:
+        return lake.exists(layout.commit_marker(name))
+    except UnsafePath:
+        # No lake key can spell this name (a backslash), so its marker cannot be seen: it can never be
+        # ingested as it is, and is reported now rather than waited for.
+        return True
+
+
 def committed_batches(lake: Lake) -> list[str]:
-    """Landing batches whose producer wrote the commit marker; the others are still being written."""
-    return [b for b in lake.list_children(layout.LANDING) if lake.exists(layout.commit_marker(b))]
+    """Ids of the landing batches whose producer wrote the commit marker; the others are still being written.
+
+    An invalid-named folder is listed under its :func:`landing_id`, so that it is quarantined, not skipped.
+    """
+    return [landing_id(name) for name in lake.list_children(layout.LANDING) if _is_committed(lake, name)]
 
 
 def curated_batches(lake: Lake) -> list[str]:
@@ -82,11 +176,63 @@ def split_for(sha256: str, fractions: tuple[float, float, float]) -> str:
     return "test"
 
 
+def _check_id(batch_id: str) -> None:
+    if (problem := layout.id_problem(batch_id)) is not None:
+        raise UsageError(problem)
+
+
+def _require_committed(lake: Lake, batch_id: str) -> None:
+    if not lake.exists(layout.commit_marker(batch_id)):
+        raise BatchNotFound(
+            f"no committed landing batch {batch_id!r}: {lake.uri(layout.commit_marker(batch_id))} is missing"
+        )
+
+
+def _batch_failure(lake: Lake, batch_id: str) -> RuleFailure | None:
+    """The batch-level check that ``batch_id`` fails, or None. Nothing in the batch is read before they pass."""
+    name = landing_name(lake, batch_id)
+    if name != batch_id:
+        return batch_failure(
+            "batch_name",
+            f"the landing folder '{_shown(name)}' breaks the id rule",
+            fix=f"rename the landing folder to match the id rule ({layout.ID_RULE}; pattern {layout.ID_PATTERN}); "
+            "it is then ingested as a new batch",
+        )
+    _require_committed(lake, batch_id)
+    return _local_batch_failure(lake, batch_id) if isinstance(lake, LocalLake) else None
+
+
+def _local_batch_failure(lake: LocalLake, batch_id: str) -> RuleFailure | None:
+    """What only a file system can get wrong: where the batch root really is, and what the marker is."""
+    root = lake.path(layout.landing(batch_id))
+    expected = os.path.join(lake.root, layout.LANDING, batch_id)  # lake.root is resolved already
+    for path, where in ((root, expected), (root / "images", os.path.join(expected, "images"))):
+        # Every file is later judged "inside" against the real batch root: if that root were a symlink,
+        # everything under its target would count as inside. So the root must be exactly where it says.
+        real = os.path.realpath(path)
+        if os.path.islink(path) or (os.path.lexists(path) and real != where):
+            return batch_failure(
+                "batch_root",
+                f"{path.relative_to(lake.root)} resolves to {printable(real)}, not {where}",
+                fix="move the batch's files into a real folder landing/<batch_id>/images/ in the lake",
+            )
+    mode = os.lstat(root / layout.COMMIT_MARKER).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        return batch_failure(
+            "commit_marker",
+            f"{layout.COMMIT_MARKER} is {kind}",
+            fix=f"write {layout.COMMIT_MARKER} as an empty regular file, after every other file of the batch",
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class _Entry:
-    relpath: str  # relative to the batch root, '/'-separated
+    relpath: str  # relative to the batch root, '/'-separated, as listed (undecodable bytes as surrogates)
     path_ok: bool
     error: str = ""
+    size: int | None = None  # from the listing, for regular files inside the batch
 
 
 def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
@@ -109,20 +255,55 @@ def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
                 elif not os.path.isfile(real):
                     entries.append(_Entry(rel, False, "not a regular file"))
                 else:
-                    entries.append(_Entry(rel, True))
+                    entries.append(_Entry(rel, True, size=os.stat(real).st_size))
         return sorted(entries, key=lambda e: e.relpath)
     entries = []
-    for key in lake.list_keys(layout.join(root_key, "images")):
+    for key, size in sorted(lake.list_sizes(layout.join(root_key, "images")).items()):
         rel = key[len(root_key) + 1 :]
         try:
             # A key that only normalises to a safe path ("a//b", "a/./b") is refused too: it is not
             # the object we would read.
             if clean_key(rel) != rel:
                 raise UnsafePath(f"lake key {rel!r} is not a normalised path")
-            entries.append(_Entry(rel, True))
+            entries.append(_Entry(rel, True, size=size))
         except UnsafePath as exc:
             entries.append(_Entry(rel, False, str(exc)))
     return entries
+
+
+def _layout_problem(relpath: str) -> str | None:
+    depth = relpath.count("/")  # images/<label>/<file> has two
+    if depth == 2:
+        return None
+    where = "directly under images/" if depth < 2 else f"{depth - 2} folder(s) below its label folder"
+    return f"expected images/<label>/<file>; this file is {where}"
+
+
+def _listing_problems(entry: _Entry, settings: Settings) -> list[tuple[str, str]]:
+    """The row-level ingest checks decided from the listing alone, as (rule, error). A failing file is not read."""
+    cfg = settings.ingest
+    found = []
+    if (problem := name_problem(entry.relpath)) is not None:
+        found.append(("file_name", problem))
+    if (problem := _layout_problem(entry.relpath)) is not None:
+        found.append(("layout", problem))
+    if entry.path_ok:  # what leaves the batch, or is no regular file, has no extension or size worth judging
+        suffix = PurePosixPath(entry.relpath).suffix.lower()
+        if suffix not in cfg.extensions:
+            found.append(("file_extension", f"extension '{suffix or '(none)'}' is not in ingest.extensions"))
+        if entry.size is not None and entry.size > cfg.max_file_bytes:
+            found.append(("file_size", f"{entry.size:,} bytes is over ingest.max_file_bytes={cfg.max_file_bytes:,}"))
+    return found
+
+
+def image_formats(extensions: tuple[str, ...]) -> frozenset[str]:
+    """The PIL formats that ``ingest.extensions`` allow (rule ``image_format``), from PIL's own extension table."""
+    from PIL import Image
+
+    known = Image.registered_extensions()
+    formats = {known[ext] for ext in extensions if ext in known}
+    # Cameras write JPEGs that carry extra pictures, which PIL opens as MPO: still a JPEG.
+    return frozenset(formats | ({"MPO"} if "JPEG" in formats else set()))
 
 
 def _normalise(img: Any, settings: Settings) -> Any:
@@ -146,11 +327,17 @@ def _normalise(img: Any, settings: Settings) -> Any:
     return img.convert("L" if settings.image.channels == 1 else "RGB")
 
 
-def _decode(data: bytes, settings: Settings) -> tuple[dict[str, Any], np.ndarray]:
+def _decode(data: bytes, settings: Settings, formats: frozenset[str]) -> tuple[dict[str, Any], np.ndarray]:
     """Decode one image safely and return its stats plus the model-sized uint8 array."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
+        # Only the header is parsed so far: a format the configuration does not allow (PSD, EPS, ICO
+        # named .png) is refused before its decoder touches a pixel.
+        if img.format not in formats:
+            raise DisallowedFormat(
+                f"decoded format {img.format} is not one that ingest.extensions allows ({', '.join(sorted(formats))})"
+            )
         # The header gives the size before any pixel is decoded: refuse bombs here.
         if img.width * img.height > settings.image.max_pixels:
             raise DecompressionBomb(
@@ -215,56 +402,85 @@ def known_hashes(lake: Lake) -> dict[str, str]:
     return found
 
 
-def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
-    """One manifest row per file in the batch, and the decoded images of the rows that decoded."""
-    import numpy as np
-    import pandas as pd
+@dataclass
+class _Scan:
+    """One pass over a batch's files: manifest rows, decoded pixels, and the ingest checks that failed."""
 
-    if not lake.exists(layout.commit_marker(batch_id)):
-        raise BatchNotFound(
-            f"no committed landing batch {batch_id!r}: {lake.uri(layout.commit_marker(batch_id))} is missing"
-        )
-    elsewhere = known_hashes(lake)
-    first_seen: dict[str, str] = {}
-    rows: list[dict[str, Any]] = []
-    images: list[np.ndarray] = []
-    for entry in _list_entries(lake, batch_id):
+    lake: Lake
+    batch_id: str
+    settings: Settings
+    elsewhere: dict[str, str]  # sha256 -> where it is already curated or frozen
+    formats: frozenset[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # uri, rule, error
+    first_seen: dict[str, str] = field(default_factory=dict)
+
+    def add(self, entry: _Entry) -> None:
+        found = _listing_problems(entry, self.settings)
+        named = entry.path_ok and all(rule != "file_name" for rule, _ in found)
+        key = layout.join(layout.landing(self.batch_id), entry.relpath) if named else ""
         parts = entry.relpath.split("/")
+        # Every text column goes through printable(): a name that is not UTF-8 must not crash pandas'
+        # hashing (GX's uniqueness check), parquet or JSON further on.
         row: dict[str, Any] = {
-            "batch_id": batch_id,
-            "uri": lake.uri(layout.join(layout.landing(batch_id), entry.relpath)) if entry.path_ok else entry.relpath,
-            "label": parts[1] if len(parts) == 3 else "",
+            "batch_id": self.batch_id,
+            "uri": self.lake.uri(key) if named else printable(entry.relpath),
+            "label": printable(parts[1]) if len(parts) == 3 else None,  # None: layout names the row instead
             "path_ok": entry.path_ok,
-            # None: not known, so other rules skip the row. A path that leaves the batch is never read.
+            # None: not known, so other rules skip the row. A file that fails a listing check is never read.
             "decode_ok": None,
             "mode_ok": None,
             "error": entry.error,
+            "bytes": entry.size,
             "row": -1,
         }
-        if entry.path_ok:
-            data = lake.read_bytes(layout.join(layout.landing(batch_id), entry.relpath))
-            digest = hashlib.sha256(data).hexdigest()
-            row.update(bytes=len(data), sha256=digest, split=split_for(digest, settings.ingest.split_fractions))
-            row["dup_of"] = elsewhere.get(digest) or first_seen.get(digest, "")
-            first_seen.setdefault(digest, f"this batch:{entry.relpath}")
-            row["decode_ok"] = False
-            try:
-                stats, pixels = _decode(data, settings)
-            except UnsupportedMode as exc:
-                row.update(decode_ok=True, mode_ok=False, error=str(exc))
-            except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
-                row["error"] = _decode_error(data, exc)
-            else:
-                row.update(stats, decode_ok=True, mode_ok=True, row=len(images))
-                images.append(pixels)
-        rows.append(row)
-    manifest = pd.DataFrame(rows).reindex(columns=MANIFEST_COLUMNS)
+        if entry.path_ok and not found:
+            found += self._read(key, entry.relpath, row)
+        row["error"] = printable("; ".join(filter(None, [row["error"], *(error for _, error in found)])))
+        self.rows.append(row)
+        self.problems += [(row["uri"], rule, printable(error)) for rule, error in found]
+
+    def _read(self, key: str, relpath: str, row: dict[str, Any]) -> list[tuple[str, str]]:
+        """Read, hash and decode one file into ``row``; returns the ingest checks it failed on decoding."""
+        data = self.lake.read_bytes(key)
+        digest = hashlib.sha256(data).hexdigest()
+        row.update(bytes=len(data), sha256=digest, split=split_for(digest, self.settings.ingest.split_fractions))
+        row["dup_of"] = self.elsewhere.get(digest) or self.first_seen.get(digest, "")
+        self.first_seen.setdefault(digest, f"this batch:{relpath}")
+        row["decode_ok"] = False
+        try:
+            stats, pixels = _decode(data, self.settings, self.formats)
+        except DisallowedFormat as exc:
+            row["decode_ok"] = None  # never decoded: image_format names the row, image_decodes skips it
+            return [("image_format", str(exc))]
+        except UnsupportedMode as exc:
+            row.update(decode_ok=True, mode_ok=False, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
+            row["error"] = _decode_error(data, exc)
+        else:
+            row.update(stats, decode_ok=True, mode_ok=True, row=len(self.images))
+            self.images.append(pixels)
+        return []
+
+
+def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """One manifest row per file in the batch, the decoded images of the rows that decoded, and the
+    row-level ingest checks that failed (one row per ``uri``, ``rule``, ``error``)."""
+    import numpy as np
+    import pandas as pd
+
+    _require_committed(lake, batch_id)
+    scan = _Scan(lake, batch_id, settings, known_hashes(lake), image_formats(settings.ingest.extensions))
+    for entry in _list_entries(lake, batch_id):
+        scan.add(entry)
+    manifest = pd.DataFrame(scan.rows).reindex(columns=MANIFEST_COLUMNS)
     manifest = manifest.astype(
-        {"path_ok": bool, "decode_ok": "boolean", "mode_ok": "boolean", "row": "int64", "label": str, "error": str}
+        {"path_ok": bool, "decode_ok": "boolean", "mode_ok": "boolean", "row": "int64", "label": object, "error": str}
     )
     size, channels = settings.image.size, settings.image.channels
-    stacked = np.stack(images) if images else np.zeros((0, size, size, channels), dtype=np.uint8)
-    return manifest, stacked
+    stacked = np.stack(scan.images) if scan.images else np.zeros((0, size, size, channels), dtype=np.uint8)
+    return manifest, stacked, pd.DataFrame(scan.problems, columns=["uri", "rule", "error"])
 
 
 def ingest_batch(
@@ -273,51 +489,40 @@ def ingest_batch(
     """Curate (into ``root/dataset_id``) or quarantine one batch. Re-running a curated batch changes nothing."""
     import numpy as np
 
-    from ml.validate import render_html, validate_manifest
-
+    _check_id(batch_id)
     dataset_id = dataset_id or batch_id
     if lake.exists(layout.manifest(dataset_id, root)):
         log.info("batch %s is already in %s/%s; nothing to redo", batch_id, root, dataset_id)
         return {"batch_id": batch_id, "status": "curated", "already_done": True,
                 **_curated_summary(lake, dataset_id, root)}  # fmt: skip
+    if (failure := _batch_failure(lake, batch_id)) is not None:
+        return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
 
-    manifest, images = build_manifest(lake, batch_id, settings)
-    outcome = validate_manifest(manifest, settings)
-    dropped = manifest.iloc[0:0]
+    manifest, images, problems = build_manifest(lake, batch_id, settings)
+    outcome = validate_manifest(manifest, settings, problems)
+    passes, checked, dropped = [(outcome, VALIDATION)], manifest, manifest.iloc[0:0]
     if not outcome.success and settings.ingest.on_bad_rows == "drop":
         bad = outcome.rows_to_drop(settings.ingest.always_fail_rules)
         if bad:
             # Row-level failures only: drop those rows (with a record), then the rest must pass on its own.
-            reasons = {uri: f.rule for f in outcome.failures for uri in f.uris}
-            dropped = manifest[manifest["uri"].isin(bad)].assign(dropped_by=lambda d: d["uri"].map(reasons))
-            manifest = manifest[~manifest["uri"].isin(bad)].reset_index(drop=True)
+            dropped, manifest = _drop(lake, batch_id, manifest, outcome, bad)
             first_pass = outcome
-            outcome = validate_manifest(manifest, settings)
-            lake.write_json(
-                layout.report(layout.INGEST_DAG, batch_id, "validation_before_drop.json"), first_pass.summary()
-            )
+            outcome = validate_manifest(manifest, settings, problems[~problems["uri"].isin(bad)])
+            # The report keeps both passes: a batch that failed after the drop says what was dropped first.
+            passes = [(first_pass, BEFORE_DROP), (outcome, AFTER_DROP)]
+    if len(passes) == 1:  # nothing dropped this time: an earlier run's drop records would mislead
+        for name in DROP_RECORDS:
+            lake.delete_prefix(layout.report(layout.INGEST_DAG, batch_id, name))
     report_dir = layout.report(layout.INGEST_DAG, batch_id, "")
     lake.write_json(layout.join(report_dir, "validation.json"), outcome.gx_results)
     lake.write_bytes(layout.join(report_dir, "validation.html"), render_html(batch_id, outcome, len(dropped)).encode())
     if not outcome.success:
-        report = {
-            "batch_id": batch_id,
-            "status": "quarantined",
-            "rows": len(manifest),
-            "failed_rules": [f.rule for f in outcome.failures],
-            **outcome.summary(),
-            "validation_uri": lake.uri(layout.join(report_dir, "validation.html")),
-            "landing_uri": lake.uri(layout.landing(batch_id)),
-        }
-        _write_parquet(lake, layout.quarantine_manifest(batch_id), manifest)
-        lake.write_json(layout.quarantine_report(batch_id), report)
-        log.warning("batch %s quarantined: %s", batch_id, ", ".join(report["failed_rules"]))
-        return {
-            "batch_id": batch_id,
-            "status": "quarantined",
-            "failed_rules": report["failed_rules"],
-            "report_uri": lake.uri(layout.quarantine_report(batch_id)),
-        }
+        # The quarantined manifest holds every row, the dropped ones too: the report names them.
+        return _quarantine(
+            lake, batch_id, [(f, stage) for result, stage in passes for f in result.failures], rows=len(checked),
+            manifest=checked, expectations_evaluated=outcome.evaluated, dropped_rows=len(dropped),
+            validation_uri=lake.uri(layout.join(report_dir, "validation.html")),
+        )  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="ct-ingest-") as tmp:
         shard = Path(tmp) / "images.npy"
@@ -326,10 +531,6 @@ def ingest_batch(
     manifest = manifest.assign(row=np.arange(len(manifest), dtype=np.int64))
     if len(dropped):
         _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped)
-        lake.write_json(
-            layout.report(layout.INGEST_DAG, batch_id, "dropped.json"),
-            dropped[["uri", "dropped_by", "error"]].to_dict(orient="records"),
-        )
     # The manifest is written last: its presence is what makes the batch curated.
     _write_parquet(lake, layout.manifest(dataset_id, root), manifest)
     if lake.exists(layout.quarantine_report(batch_id)):
@@ -346,6 +547,8 @@ def ingest_many(lake: Lake, batch_ids: list[str] | None, settings: Settings) -> 
     rule ``ingest_error`` and the loop goes on. An outage (:class:`InfrastructureUnavailable`) stops
     the step instead, so that the task retries and no batch is quarantined for the service's fault.
     """
+    for batch_id in batch_ids or []:
+        _check_id(batch_id)  # refuse the whole command, as the CLI does, before any batch is touched
     ids = list(dict.fromkeys(batch_ids or [])) or pending_batches(lake)
     if not ids:
         raise NothingToDo("no committed landing batch is waiting to be ingested")
@@ -371,14 +574,61 @@ def ingest_many(lake: Lake, batch_ids: list[str] | None, settings: Settings) -> 
 
 def quarantine_unexpected(lake: Lake, batch_id: str, exc: BaseException) -> dict[str, Any]:
     """Quarantine a batch whose ingest crashed, with the error, so that it cannot wedge the queue."""
-    reason = f"{type(exc).__name__}: {exc}"[:2000]
-    failure: dict[str, Any] = {"rule": "ingest_error", "level": "batch", "expectation": None, "unexpected_count": 0,
-               "why": "ingest raised an unexpected error on this batch; the others went on", "observed": reason,
-               "sample_rows": []}  # fmt: skip
-    report = {"batch_id": batch_id, "status": "quarantined", "rows": 0, "failed_rules": ["ingest_error"],
-              "success": False, "failures": [failure], "landing_uri": lake.uri(layout.landing(batch_id))}  # fmt: skip
+    failure = batch_failure("ingest_error", printable(f"{type(exc).__name__}: {exc}"[:2000]))
+    return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
+
+
+def _drop(
+    lake: Lake, batch_id: str, manifest: pd.DataFrame, outcome: ValidationOutcome, bad: set[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off the rows to drop, recording each with every rule it failed; returns (dropped, kept).
+
+    ``dropped.json`` and ``validation_before_drop.json`` are written whether the rest then passes or not.
+    """
+    is_bad = manifest["uri"].isin(bad)
+    rules = outcome.rules_by_uri()
+    dropped = manifest[is_bad].assign(dropped_by=lambda d: d["uri"].map(rules))
+    records, before = DROP_RECORDS
+    lake.write_json(layout.report(layout.INGEST_DAG, batch_id, before), outcome.summary())
+    lake.write_json(
+        layout.report(layout.INGEST_DAG, batch_id, records), dropped[["uri", "dropped_by", "error"]].to_dict("records")
+    )
+    return dropped, manifest[~is_bad].reset_index(drop=True)
+
+
+def _quarantine(
+    lake: Lake,
+    batch_id: str,
+    failures: list[tuple[RuleFailure, str]],
+    rows: int,
+    manifest: pd.DataFrame | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write ``quarantine/<batch_id>/report.json``: one format for every rule, GX's or ingest's own.
+
+    ``failures`` pairs each failed rule with its ``stage``: ``validation``, or ``before_drop`` and
+    ``after_drop`` when ``ingest.on_bad_rows=drop`` dropped rows and the rest failed anyway.
+    """
+    rules = sorted({failure.rule for failure, _ in failures})
+    name = printable(landing_name(lake, batch_id))  # an invalid-named folder's real name, escaped
+    report = {
+        "batch_id": batch_id,
+        "status": "quarantined",
+        "rows": rows,
+        "failed_rules": rules,
+        "success": False,
+        "failures": [{**failure.summary(), "stage": stage} for failure, stage in failures],
+        "landing_name": name,
+        "landing_uri": f"{lake.uri(layout.LANDING)}/{name}",
+        **extra,
+    }
+    if manifest is not None:
+        _write_parquet(lake, layout.quarantine_manifest(batch_id), manifest)
+    else:
+        lake.delete_prefix(layout.quarantine_manifest(batch_id))  # an earlier run's, for other reasons
     lake.write_json(layout.quarantine_report(batch_id), report)
-    return {"batch_id": batch_id, "status": "quarantined", "failed_rules": ["ingest_error"],
+    log.warning("batch %s quarantined: %s", batch_id, ", ".join(rules))
+    return {"batch_id": batch_id, "status": "quarantined", "failed_rules": rules,
             "report_uri": lake.uri(layout.quarantine_report(batch_id))}  # fmt: skip
 
 

@@ -13,6 +13,12 @@ Rules (each that fires adds a reason; none firing means skip, with why):
 ``decide`` is pure: the memory it needs (the drift streak, the last retrain) comes in as a
 :class:`PolicyState` and the updated state comes back. It lives in ``state/policy.json``; each
 decision is stored once per run key in ``reports/ct_retrain/<run_key>/decision.json``.
+
+The decision record is the commit point. It holds the state it read (its ``revision``) and the
+state it produced; :func:`apply_state` writes the latter only if the memory is still at that
+revision, so a rerun after a kill finishes the update and never applies it twice or over a newer
+one. Backfill runs record their decision but never touch the live memory: a run about the past
+must not move cooldowns or the model's age for today's runs.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class PolicyState:
     drift_streak: int = 0  # consecutive windows with new data that drifted
     last_retrain_at: float | None = None  # epoch seconds of the run that last decided to retrain
     last_retrain_run: str | None = None
+    revision: int = 0  # bumped on every write: what apply_state compares and sets on
+    updated_by: str | None = None  # the run key that wrote this revision
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> PolicyState:
@@ -131,17 +139,48 @@ def load_state(lake: Lake) -> PolicyState:
     return PolicyState.from_dict(lake.read_json_or(layout.state(POLICY_STATE), {}))
 
 
+def _state_dict(state: PolicyState) -> dict[str, Any]:
+    return {**asdict(state), "considered_batches": list(state.considered_batches)}
+
+
 def record_decision(
-    lake: Lake, window: Window, decision: RetrainDecision, state: PolicyState, as_of: float
+    lake: Lake,
+    window: Window,
+    decision: RetrainDecision,
+    state: PolicyState,
+    new_state: PolicyState,
+    as_of: float,
+    backfill: bool = False,
 ) -> dict[str, Any]:
-    """Store the decision for the run, then the policy memory it produced."""
+    """Commit the decision for the run (with the memory it read and produced), then apply that memory."""
     key = layout.report(layout.RETRAIN_DAG, window.run_key, "decision.json")
+    if state.last_retrain_at is not None and new_state.last_retrain_at is not None:
+        # Live runs arrive in time order, but never let the memory go back in time.
+        new_state = replace(new_state, last_retrain_at=max(state.last_retrain_at, new_state.last_retrain_at))
     record = {"run_key": window.run_key, "as_of": as_of, "retrain": decision.retrain, "reasons": decision.reasons,
               "summary": decision.summary, "signals": decision.signals, "new_batches": window.new_batches,
-              "new_images": window.new_images}  # fmt: skip
-    lake.write_json(key, record)
-    lake.write_json(layout.state(POLICY_STATE), {**asdict(state), "considered_batches": list(state.considered_batches)})
+              "new_images": window.new_images, "backfill": backfill, "state_revision": state.revision,
+              "state_after": None if backfill else _state_dict(new_state)}  # fmt: skip
+    lake.write_json(key, record)  # the commit point
+    apply_state(lake, record)
     return {**record, "decision_uri": lake.uri(key)}
+
+
+def apply_state(lake: Lake, record: dict[str, Any]) -> bool:
+    """Write the policy memory a decision produced, if the memory is still the revision it read."""
+    if record.get("state_after") is None:  # a backfill, or a record from before this field existed
+        return False
+    current = load_state(lake)
+    if current.updated_by == record["run_key"]:
+        return False  # already applied
+    if current.revision != record["state_revision"]:
+        log.warning("policy memory moved to revision %d (by %s) since run %s read revision %d; not overwriting it",
+                    current.revision, current.updated_by, record["run_key"], record["state_revision"])  # fmt: skip
+        return False
+    after = PolicyState.from_dict(record["state_after"])
+    after = replace(after, revision=current.revision + 1, updated_by=record["run_key"])
+    lake.write_json(layout.state(POLICY_STATE), _state_dict(after))
+    return True
 
 
 def recorded_decision(lake: Lake, run_key: str) -> dict[str, Any] | None:

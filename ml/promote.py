@@ -1,7 +1,21 @@
-"""Apply the gate: decide, move ``@champion`` with compare-and-set, and record the decision.
+"""Apply the gate and the overrides: decide once, move ``@champion`` safely, record it everywhere.
 
-Records: ``reports/<dag_id>/<run_key>/gate.json`` (+ ``gate.md``), one object per decision under
-``state/decisions/`` (append-only: keys are never rewritten), and tags on the candidate version.
+Every decision has exactly one **commit point**: its record object,
+``reports/ct_retrain/<run_key>/gate.json`` for a gate and ``reports/ct_ops/<run_key>/decision.json``
+for a rollback or forced promotion. The protocol:
+
+1. Decide (pure functions in :mod:`ml.gate`). A decision that moves nothing is committed at once.
+2. A move is decided under the promotion lease (:mod:`ml.lease`): re-read ``@champion``; if it moved
+   since the evaluation, score the new champion on the same rows and decide again (at most
+   ``gate.max_reevaluations`` times, then fail with nothing recorded). Otherwise write the intent into
+   the lease, check the fence, **commit the record**, check the fence, move the alias.
+3. Finish (idempotent): ``gate.md``, the history entry (its key is derived from the record, so it is
+   written once) and the tags on the version.
+
+Whatever a kill leaves undone is finished later, never decided again: a rerun that finds the record
+completes the alias (compare-and-set on the recorded champion, under the lease), the history and the
+tags; and whoever takes the lease next finishes a dead holder's committed move before anything else.
+Before the commit point nothing is visible; a kill there means the rerun decides from scratch.
 """
 
 from __future__ import annotations
@@ -9,46 +23,86 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ml import gate, layout, registry
 from ml.config import Settings
-from ml.errors import ChampionChanged, CtError
-from ml.evaluate import eval_key
+from ml.errors import ChampionChanged, CorruptState, CtError
+from ml.evaluate import eval_key, rescore_champion
+from ml.lease import Lease, promotion_lease
 from ml.storage import Lake
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
 HISTORY = "decisions"
 ACCURACY_TAG = "ct.eval.accuracy"
+MOVES = ("promote", "rollback")  # decisions that move the alias (a gate's promote, or an override)
+OVERRIDES = ("rollback", "promote")
+MIN_REASON_CHARS = 10
 
 
 def gate_key(dag_id: str, run_key: str, name: str = "gate.json") -> str:
     return layout.report(dag_id, run_key, name)
 
 
-def append_history(lake: Lake, record: dict[str, Any]) -> str:
-    """Add one decision to ``state/decisions/``; an exclusive create means a record is never rewritten."""
-    decided_at = float(record.get("decided_at", time.time()))
+def record_key(record: dict[str, Any]) -> str:
+    """Where a decision's record (its commit point) lives."""
+    name = "gate.json" if record["kind"] == "gate" else "decision.json"
+    return gate_key(record["dag_id"], record["run_key"], name)
+
+
+# -- the history ------------------------------------------------------------------------------
+def history_key(record: dict[str, Any]) -> str:
+    """One key per decision, derived from the record: an append after a kill cannot make a second entry."""
+    decided_at = float(record["decided_at"])
     # Microseconds in the key keep the listing in decision order.
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(decided_at)) + f".{int(decided_at * 1e6) % 1_000_000:06d}"
-    base = f"{HISTORY}/{stamp}-{record.get('kind', 'gate')}-{record['run_key']}"
-    body = (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode()
-    for attempt in range(100):
-        key = layout.state(f"{base}{'' if attempt == 0 else f'-{attempt}'}.json")
-        if lake.create_exclusive(key, body):
-            return key
-    raise CtError(f"could not append to the decision history under {lake.uri(layout.state(HISTORY))}")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(decided_at)) + f".{round(decided_at * 1e6) % 1_000_000:06d}"
+    return layout.state(f"{HISTORY}/{stamp}-{record['kind']}-{record['run_key']}.json")
+
+
+def append_history(lake: Lake, record: dict[str, Any]) -> str:
+    """Add one decision to ``state/decisions/`` (append-only: an exclusive create, never a rewrite)."""
+    key = history_key(record)
+    body = {k: v for k, v in record.items() if k not in ("history_key", "already_done")}
+    created = lake.create_exclusive(key, (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode())
+    if not created:
+        log.info("history entry %s was already written", lake.uri(key))
+    return key
+
+
+def read_history(lake: Lake, limit: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Decisions in the order they were made (with ``limit``, the newest), and the unreadable records.
+
+    A corrupt record is reported (logged and returned by name) and skipped: one bad object must not
+    hide every other decision.
+    """
+    keys = lake.list_keys(layout.state(HISTORY))
+    records, problems = [], []
+    for key in keys[-limit:] if limit else keys:
+        try:
+            record = lake.read_json(key)
+        except CorruptState as exc:
+            log.warning("skipping an unreadable decision record: %s", exc)
+            problems.append(str(exc))
+            continue
+        if not isinstance(record, dict) or "decision" not in record:
+            problems.append(f"{lake.uri(key)} is not a decision record")
+            continue
+        records.append(record)
+    return records, problems
 
 
 def history(lake: Lake, limit: int | None = None) -> list[dict[str, Any]]:
-    """Decisions in the order they were made; with ``limit``, only the newest ones."""
-    keys = lake.list_keys(layout.state(HISTORY))
-    return [lake.read_json(k) for k in (keys[-limit:] if limit else keys)]
+    return read_history(lake, limit)[0]
 
 
+# -- rendering --------------------------------------------------------------------------------
 def render_markdown(record: dict[str, Any]) -> str:
     lines = [f"# Gate decision for run `{record['run_key']}`: **{record['decision'].upper()}**", ""]
     lines += [f"- {reason}" for reason in record["reasons"]]
@@ -67,21 +121,96 @@ def render_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_gate(
-    lake: Lake,
+# -- the protocol -----------------------------------------------------------------------------
+def _intent(record: dict[str, Any]) -> dict[str, Any]:
+    return {"record_key": record_key(record), "run_key": record["run_key"], "kind": record["kind"],
+            "target": record["candidate_version"], "expected": record["champion_version"]}  # fmt: skip
+
+
+def apply_move(mlflow_client: MlflowClient, settings: Settings, record: dict[str, Any], lease: Lease) -> None:
+    """Make ``@champion`` reflect a committed move: compare-and-set on the champion the record saw."""
+    target, expected = str(record["candidate_version"]), record["champion_version"]
+    current = registry.champion_version(mlflow_client, settings.model_name)
+    if current == target:
+        return
+    if current != expected:
+        # Committed moves are finished before anyone else can move the alias, so this one was
+        # applied and a later decision has superseded it.
+        log.info("@%s is v%s: %s's move to v%s was applied and later superseded", registry.CHAMPION, current,
+                 record["run_key"], target)  # fmt: skip
+        return
+    lease.check()
+    registry.set_champion(mlflow_client, settings.model_name, target)
+
+
+def finish(lake: Lake, settings: Settings, mlflow_client: MlflowClient, record: dict[str, Any]) -> None:
+    """The idempotent writes after the commit point: report page, history entry, version tags."""
+    name, version = settings.model_name, str(record["candidate_version"])
+    if record["kind"] == "gate":
+        lake.write_bytes(gate_key(record["dag_id"], record["run_key"], "gate.md"), render_markdown(record).encode())
+    append_history(lake, record)
+    if record["kind"] == "gate":
+        mlflow_client.set_model_version_tag(name, version, "ct.gate.decision", record["decision"])
+        mlflow_client.set_model_version_tag(name, version, "ct.gate.report", lake.uri(record_key(record)))
+        # What the policy's quality check compares against once this version is champion.
+        accuracy = record["metrics"]["candidate"]["accuracy"]
+        mlflow_client.set_model_version_tag(name, version, ACCURACY_TAG, f"{accuracy:.6f}")
+    else:
+        mlflow_client.set_model_version_tag(name, version, f"ct.{record['kind']}.reason", record["reasons"][0][:4000])
+
+
+def _recoverer(lake: Lake, settings: Settings, mlflow_client: MlflowClient) -> Callable[[dict[str, Any], Lease], None]:
+    """What the next lease holder does with a dead holder's intent: finish it if it was committed."""
+
+    def recover(intent: dict[str, Any], lease: Lease) -> None:
+        key = intent["record_key"]
+        if not lake.exists(key):
+            log.warning("the move of %s was never committed (%s is missing): nothing to finish", intent["run_key"], key)
+            return
+        record = lake.read_json(key)
+        if record.get("decision") not in MOVES or str(record.get("candidate_version")) != str(intent["target"]):
+            return
+        apply_move(mlflow_client, settings, record, lease)
+        finish(lake, settings, mlflow_client, record)
+        log.warning(
+            "finished %s's committed move to v%s, left by a holder that died", record["run_key"], intent["target"]
+        )
+
+    return recover
+
+
+def _lease(lake: Lake, settings: Settings, mlflow_client: MlflowClient, owner: str) -> Any:
+    return promotion_lease(lake, owner, _recoverer(lake, settings, mlflow_client))
+
+
+def _commit_move(
+    lake: Lake, settings: Settings, mlflow_client: MlflowClient, record: dict[str, Any], lease: Lease
+) -> None:
+    """Under the lease: announce the intent, commit the record, move the alias, clear the intent."""
+    lease.set_intent(_intent(record))
+    lease.check()
+    record["decided_at"] = time.time()  # taken under the lease: history order is promotion order
+    lake.write_json(record_key(record), record)  # the commit point
+    apply_move(mlflow_client, settings, record, lease)
+    lease.set_intent(None)
+
+
+def complete(lake: Lake, settings: Settings, mlflow_client: MlflowClient, record: dict[str, Any]) -> None:
+    """Finish a committed decision that a killed attempt may have left half done."""
+    if record["decision"] in MOVES:
+        with _lease(lake, settings, mlflow_client, owner=f"{record['dag_id']}/{record['run_key']} (rerun)") as lease:
+            apply_move(mlflow_client, settings, record, lease)
+    finish(lake, settings, mlflow_client, record)
+
+
+def _outcome_record(
+    evaluation: dict[str, Any],
     settings: Settings,
     run_key: str,
-    backfill: bool = False,
-    allow_backfill_promote: bool = False,
-    dag_id: str = layout.RETRAIN_DAG,
+    dag_id: str,
+    backfill: bool,
+    allow_backfill_promote: bool,
 ) -> dict[str, Any]:
-    """Decide once per run key; a rerun returns the recorded decision and never promotes twice."""
-    key = gate_key(dag_id, run_key)
-    if lake.exists(key):
-        return {**lake.read_json(key), "gate_uri": lake.uri(key), "already_done": True,
-                "gate_md_uri": lake.uri(gate_key(dag_id, run_key, "gate.md"))}  # fmt: skip
-
-    evaluation = lake.read_json(eval_key(run_key))
     y_true = np.asarray(evaluation["y_true"], dtype=np.int64)
     candidate = evaluation["candidate"]
     champion = evaluation.get("champion")
@@ -99,8 +228,13 @@ def run_gate(
         outcome.decision = "reject"
     elif backfill:
         outcome.reasons.append("backfill run: promotion allowed by allow_backfill_promote")
-
-    record: dict[str, Any] = {
+    superseded = evaluation.get("superseded_champions") or []
+    if superseded:
+        outcome.reasons.append(
+            f"re-evaluated against v{champion['version'] if champion else None} after @champion moved "
+            f"(was {', '.join(f'v{v}' for v in superseded)})"
+        )
+    return {
         "kind": "gate",
         "run_key": run_key,
         "dag_id": dag_id,
@@ -109,6 +243,7 @@ def run_gate(
         "reasons": outcome.reasons,
         "candidate_version": candidate["version"],
         "champion_version": champion["version"] if champion else None,
+        "superseded_champions": superseded,
         "eval_batches": evaluation["eval_batches"],
         "train_batches": evaluation["train_batches"],
         "eval_rows": len(y_true),
@@ -119,77 +254,111 @@ def run_gate(
         "checks": outcome.checks,
         "thresholds": outcome.thresholds,
     }
+
+
+def _result(lake: Lake, record: dict[str, Any], already_done: bool) -> dict[str, Any]:
+    key = record_key(record)
+    extra = {
+        "gate_uri": lake.uri(key),
+        "gate_md_uri": lake.uri(gate_key(record["dag_id"], record["run_key"], "gate.md")),
+    }
+    if record["kind"] != "gate":
+        extra = {"decision_uri": lake.uri(key)}
+    return {**record, **extra, "history_key": history_key(record), "already_done": already_done}
+
+
+def run_gate(
+    lake: Lake,
+    settings: Settings,
+    run_key: str,
+    backfill: bool = False,
+    allow_backfill_promote: bool = False,
+    dag_id: str = layout.RETRAIN_DAG,
+) -> dict[str, Any]:
+    """Decide once per run key. A rerun finishes what a killed attempt left and never decides again."""
+    key = gate_key(dag_id, run_key)
     mlflow_client = registry.client(settings)
-    if outcome.decision == "promote":
+    if lake.exists(key):
+        record = lake.read_json(key)
+        complete(lake, settings, mlflow_client, record)
+        return _result(lake, record, already_done=True)
+
+    evaluation = lake.read_json(eval_key(run_key))
+    attempts = settings.gate.max_reevaluations + 1
+    for attempt in range(1, attempts + 1):
+        record = _outcome_record(evaluation, settings, run_key, dag_id, backfill, allow_backfill_promote)
+        if record["decision"] != "promote":
+            lake.write_json(key, record)  # the commit point
+            break
         try:
-            registry.move_champion(mlflow_client, lake, settings.model_name, candidate["version"],
-                                   expected=record["champion_version"], owner=f"{dag_id}/{run_key}")  # fmt: skip
-        except ChampionChanged as exc:
-            record["decision"] = "error"
-            record["reasons"] = [str(exc)]
-
-    lake.write_bytes(gate_key(dag_id, run_key, "gate.md"), render_markdown(record).encode())
-    lake.write_json(key, record)
-    record["history_key"] = append_history(lake, record)
-    mlflow_client.set_model_version_tag(
-        settings.model_name, candidate["version"], "ct.gate.decision", record["decision"]
-    )
-    mlflow_client.set_model_version_tag(settings.model_name, candidate["version"], "ct.gate.report", lake.uri(key))
-    # What the policy's quality check compares against once this version is champion.
-    mlflow_client.set_model_version_tag(
-        settings.model_name, candidate["version"], ACCURACY_TAG, f"{outcome.candidate['accuracy']:.6f}"
-    )
+            with _lease(lake, settings, mlflow_client, owner=f"{dag_id}/{run_key}") as lease:
+                current = registry.champion_version(mlflow_client, settings.model_name)
+                if current not in (record["champion_version"], record["candidate_version"]):
+                    raise ChampionChanged(
+                        f"@{registry.CHAMPION} moved from v{record['champion_version']} to v{current} "
+                        f"while {run_key} was evaluated",
+                        current=current,
+                    )
+                _commit_move(lake, settings, mlflow_client, record, lease)
+            break
+        except ChampionChanged as changed:
+            if attempt == attempts:
+                raise ChampionChanged(
+                    f"{changed}; it kept moving through {attempts} evaluations (gate.max_reevaluations="
+                    f"{settings.gate.max_reevaluations}), so nothing was decided: re-run the gate"
+                ) from changed
+            log.warning("%s; scoring v%s on the same rows and deciding again", changed, changed.current)
+            evaluation = rescore_champion(lake, settings, run_key, changed.current)
+    finish(lake, settings, mlflow_client, record)
     log.info("gate %s: %s (%s)", run_key, record["decision"], "; ".join(record["reasons"]))
-    return {**record, "gate_uri": lake.uri(key), "gate_md_uri": lake.uri(gate_key(dag_id, run_key, "gate.md")),
-            "already_done": False}  # fmt: skip
-
-
-OVERRIDES = ("rollback", "promote")
-MIN_REASON_CHARS = 10
+    return _result(lake, record, already_done=False)
 
 
 def run_override(
     lake: Lake, settings: Settings, action: str, version: str, reason: str, run_key: str, actor: str = "cli"
 ) -> dict[str, Any]:
-    """Roll back to, or force-promote, ``version``: with a reason, compare-and-set, and a history record.
+    """Roll back to, or force-promote, ``version``: with a reason, under the lease, with a history record.
 
-    Idempotent per ``run_key``: a rerun returns the recorded outcome.
+    Idempotent per ``run_key``: a rerun finishes what a killed attempt left and returns the record.
     """
+    from mlflow.exceptions import MlflowException
+
     if action not in OVERRIDES:
         raise CtError(f"unknown action {action!r}; choose one of {list(OVERRIDES)}")
     if len(reason.strip()) < MIN_REASON_CHARS:
         raise CtError(f"a {action} needs a reason of at least {MIN_REASON_CHARS} characters; got {reason!r}")
     key = gate_key(layout.OPS_DAG, run_key, "decision.json")
-    if lake.exists(key):
-        return {**lake.read_json(key), "decision_uri": lake.uri(key), "already_done": True}
-
     mlflow_client = registry.client(settings)
-    current = registry.champion(mlflow_client, settings.model_name)
-    target = registry.get_version(mlflow_client, settings.model_name, version)
+    if lake.exists(key):
+        recorded = lake.read_json(key)
+        complete(lake, settings, mlflow_client, recorded)
+        return _result(lake, recorded, already_done=True)
+
+    try:
+        target = registry.get_version(mlflow_client, settings.model_name, version)
+    except MlflowException as exc:
+        if registry.not_found(exc):
+            raise CtError(f"{settings.model_name} has no version {version}") from exc
+        raise registry.unavailable_or(exc) from exc
     registry.load_model(settings, target)  # refuse to put an unloadable version in production
-    if current is not None and current.version == target.version:
-        raise CtError(f"v{version} is already @{registry.CHAMPION}; nothing to {action}")
-    if action == "rollback" and current is not None and int(target.version) > int(current.version):
-        raise CtError(f"v{version} is newer than the champion v{current.version}; a rollback goes back, use promote")
-    record: dict[str, Any] = {
-        "kind": action,
-        "run_key": run_key,
-        "dag_id": layout.OPS_DAG,
-        "decided_at": time.time(),
-        "decision": action,
-        "reasons": [reason.strip()],
-        "actor": actor,
-        "candidate_version": target.version,
-        "champion_version": current.version if current else None,
-    }
-    registry.move_champion(
-        mlflow_client, lake, settings.model_name, target.version,
-        expected=record["champion_version"], owner=f"{layout.OPS_DAG}/{run_key}",
-    )  # fmt: skip
-    lake.write_json(key, record)
-    record["history_key"] = append_history(lake, record)
-    mlflow_client.set_model_version_tag(
-        settings.model_name, target.version, f"ct.{action}.reason", reason.strip()[:4000]
-    )
-    log.info("%s: @%s moved from %s to %s (%s)", action, registry.CHAMPION, record["champion_version"], version, reason)
-    return {**record, "decision_uri": lake.uri(key), "already_done": False}
+    with _lease(lake, settings, mlflow_client, owner=f"{layout.OPS_DAG}/{run_key}") as lease:
+        current = registry.champion_version(mlflow_client, settings.model_name)
+        if current == target.version:
+            raise CtError(f"v{version} is already @{registry.CHAMPION}; nothing to {action}")
+        if action == "rollback" and current is not None and int(target.version) > int(current):
+            raise CtError(f"v{version} is newer than the champion v{current}; a rollback goes back, use promote")
+        record: dict[str, Any] = {
+            "kind": action,
+            "run_key": run_key,
+            "dag_id": layout.OPS_DAG,
+            "decided_at": time.time(),
+            "decision": action,
+            "reasons": [reason.strip()],
+            "actor": actor,
+            "candidate_version": target.version,
+            "champion_version": current,
+        }
+        _commit_move(lake, settings, mlflow_client, record, lease)
+    finish(lake, settings, mlflow_client, record)
+    log.info("%s: @%s moved from v%s to v%s (%s)", action, registry.CHAMPION, current, version, reason)
+    return _result(lake, record, already_done=False)

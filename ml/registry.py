@@ -1,25 +1,22 @@
 """MLflow tracking and registry: the champion alias, versions by run key, and loading models.
 
-Aliases have no compare-and-set in MLflow, so :func:`move_champion` takes a lock object in the lake,
-re-reads the alias, moves it only if it still points where the caller evaluated, and reads it back.
+"Not there" is said only when MLflow answered so (``RESOURCE_DOES_NOT_EXIST``); an MLflow that
+does not answer raises :class:`~ml.errors.InfrastructureUnavailable`, never None. Moving the
+alias is :func:`set_champion`, which callers run under the promotion lease (:mod:`ml.lease`),
+because MLflow aliases have no compare-and-set of their own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ml import layout
 from ml.config import Settings
-from ml.errors import ChampionChanged, ChampionUnavailable, CtError, StorageError
-from ml.storage import Lake
+from ml.errors import ChampionUnavailable, CtError
+from ml.outage import outage
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,7 +27,18 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 RUN_KEY_TAG = "ct.run_key"
 WINDOW_TAG = "ct.window_uri"
-PROMOTION_LOCK = "promotion.lock"
+HOST_TAG = "ct.host"
+PID_TAG = "ct.pid"
+
+
+def not_found(exc: BaseException) -> bool:
+    """True when MLflow answered that the thing does not exist (as opposed to not answering)."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def unavailable_or(exc: BaseException) -> BaseException:
+    """The retryable error behind ``exc`` if MLflow did not answer, else ``exc`` itself."""
+    return outage(exc, "MLflow") or exc
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,10 @@ def experiment_id(settings: Settings, mlflow_client: MlflowClient) -> str:
         return str(
             mlflow_client.create_experiment(settings.experiment, artifact_location=settings.mlflow_artifact_uri or None)
         )
-    except MlflowException:  # created concurrently by another step
-        again = mlflow_client.get_experiment_by_name(settings.experiment)
+    except MlflowException as exc:
+        again = mlflow_client.get_experiment_by_name(settings.experiment)  # created concurrently by another step?
         if again is None:
-            raise
+            raise unavailable_or(exc) from exc
         return str(again.experiment_id)
 
 
@@ -78,30 +86,51 @@ def ensure_registered_model(mlflow_client: MlflowClient, name: str) -> None:
 
     try:
         mlflow_client.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if not not_found(exc):
+            raise unavailable_or(exc) from exc
+    try:
+        mlflow_client.create_registered_model(name, description="Image classifier trained by ct")
     except MlflowException:
-        try:
-            mlflow_client.create_registered_model(name, description="Image classifier trained by ct")
-        except MlflowException:
-            mlflow_client.get_registered_model(name)  # lost a creation race: it exists now
+        mlflow_client.get_registered_model(name)  # lost a creation race: it exists now (or this raises)
 
 
 def champion(mlflow_client: MlflowClient, name: str) -> VersionInfo | None:
-    """The version behind ``@champion``, or None when there is no registered model or no alias."""
+    """The version behind ``@champion``; None only when MLflow answered that there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
         aliases = mlflow_client.get_registered_model(name).aliases
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if not_found(exc):
+            return None
+        raise unavailable_or(exc) from exc
     if CHAMPION not in aliases:
         return None
     try:
         return _info(mlflow_client.get_model_version(name, str(aliases[CHAMPION])))
     except MlflowException as exc:
+        if not not_found(exc):
+            raise unavailable_or(exc) from exc
         raise ChampionUnavailable(
-            f"@{CHAMPION} of {name} points at version {aliases[CHAMPION]}, which cannot be read: {exc}. "
+            f"@{CHAMPION} of {name} points at version {aliases[CHAMPION]}, which does not exist: {exc}. "
             f"Roll back to a good version with `python -m ml rollback`."
         ) from exc
+
+
+def champion_version(mlflow_client: MlflowClient, name: str) -> str | None:
+    found = champion(mlflow_client, name)
+    return found.version if found else None
+
+
+def set_champion(mlflow_client: MlflowClient, name: str, version: str) -> None:
+    """Point ``@champion`` at ``version`` and read it back. Call it only while holding the promotion lease."""
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    after = champion_version(mlflow_client, name)
+    if after != version:
+        raise CtError(f"@{CHAMPION} reads back as v{after}, not v{version}, right after moving it")
+    log.info("@%s of %s now points at v%s", CHAMPION, name, version)
 
 
 def version_by_run_key(mlflow_client: MlflowClient, name: str, run_key: str) -> VersionInfo | None:
@@ -126,56 +155,50 @@ def load_model(settings: Settings, version: VersionInfo) -> Any:
     try:
         return mlflow.pytorch.load_model(f"models:/{settings.model_name}/{version.version}", map_location="cpu")
     except Exception as exc:
+        if (unavailable := outage(exc, "MLflow or its artifact store")) is not None:
+            raise unavailable from exc
         raise ChampionUnavailable(
             f"model version {version.version} of {settings.model_name} cannot be loaded: {exc}"
         ) from exc
 
 
-@contextmanager
-def promotion_lock(lake: Lake, owner: str, timeout_s: float = 120.0, stale_s: float = 900.0) -> Iterator[None]:
-    """Serialise promotions: a lock object created with an exclusive write (O_EXCL, S3 If-None-Match).
+def process_tags() -> dict[str, str]:
+    """Who is running a training run, so that a rerun can tell a dead attempt from a live one."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
-    A lock older than ``stale_s`` belongs to a holder that crashed and is broken, with a warning.
+
+def fail_abandoned_runs(mlflow_client: MlflowClient, experiment: str, run_key: str) -> list[str]:
+    """Mark FAILED the runs of ``run_key`` left RUNNING by a killed attempt; returns their ids.
+
+    A run whose process is still alive on this host is left alone and reported: two attempts of
+    one run key at once is an operator error that must not be papered over.
     """
-    key = layout.state(PROMOTION_LOCK)
-    token = uuid.uuid4().hex
-    body = json.dumps({"token": token, "owner": owner, "at": time.time()}).encode()
-    deadline = time.monotonic() + timeout_s
-    while not lake.create_exclusive(key, body):
-        try:
-            holder = lake.read_json_or(key, None)
-        except StorageError:  # released between our create and our read: try again at once
-            continue
-        if holder is not None and time.time() - float(holder.get("at", 0)) > stale_s:
-            log.warning("breaking a stale promotion lock held by %s", holder)
-            lake.delete_prefix(key)
-            continue
-        if time.monotonic() > deadline:
-            raise CtError(
-                f"could not take the promotion lock {lake.uri(key)} within {timeout_s:.0f}s; held by {holder}"
-            )
-        time.sleep(0.2)
-    try:
-        yield
-    finally:
-        if lake.read_json_or(key, {}).get("token") == token:
-            lake.delete_prefix(key)
+    from ml.lease import process_alive
+
+    running = mlflow_client.search_runs(
+        [experiment], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'RUNNING'"
+    )
+    failed = []
+    for run in running:
+        tags = run.data.tags
+        pid = int(tags.get(PID_TAG, "-1") or -1)
+        if tags.get(HOST_TAG) == socket.gethostname() and pid != os.getpid() and pid > 0 and process_alive(pid, None):
+            raise CtError(f"run {run_key} is still training in process {pid} (MLflow run {run.info.run_id})")
+        mlflow_client.set_tag(run.info.run_id, "ct.abandoned", "the attempt was killed; a later attempt took over")
+        mlflow_client.set_terminated(run.info.run_id, status="FAILED")
+        failed.append(run.info.run_id)
+    if failed:
+        log.warning("marked %d run(s) of %s FAILED, left RUNNING by a killed attempt: %s", len(failed), run_key, failed)
+    return failed
 
 
-def move_champion(
-    mlflow_client: MlflowClient, lake: Lake, name: str, new_version: str, expected: str | None, owner: str
-) -> None:
-    """Point ``@champion`` at ``new_version`` only if it still points at ``expected`` (None: no champion)."""
-    with promotion_lock(lake, owner):
-        current = champion(mlflow_client, name)
-        current_version = current.version if current else None
-        if current_version == new_version:
-            log.info("@%s already points at %s (an earlier attempt of this run moved it)", CHAMPION, new_version)
-            return
-        if current_version != expected:
-            raise ChampionChanged(f"champion changed from v{expected} to v{current_version} during evaluation; re-run")
-        mlflow_client.set_registered_model_alias(name, CHAMPION, new_version)
-        after = champion(mlflow_client, name)
-        if after is None or after.version != new_version:
-            raise CtError(f"@{CHAMPION} reads back as {after.version if after else None}, not {new_version}")
-    log.info("@%s of %s moved from %s to %s", CHAMPION, name, expected, new_version)
+def delete_orphan_models(mlflow_client: MlflowClient, experiment: str, run_key: str) -> list[str]:
+    """Delete logged models of ``run_key`` that no registered version points at (a kill before registration)."""
+    models = mlflow_client.search_logged_models([experiment], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'")
+    deleted = []
+    for model in models:
+        mlflow_client.delete_logged_model(model.model_id)
+        deleted.append(model.model_id)
+    if deleted:
+        log.warning("deleted %d unregistered logged model(s) of %s: %s", len(deleted), run_key, deleted)
+    return deleted

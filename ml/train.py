@@ -126,12 +126,20 @@ def data_digest(window: Window) -> str:
 
 
 def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
-    """Train and register a candidate for ``run_key``; a second call returns the same version."""
+    """Train and register a candidate for ``run_key``; a second call returns the same version.
+
+    Registration (``create_model_version`` with the run-key tag) is the commit point. A rerun first
+    cleans up after a killed attempt: its MLflow run is marked FAILED, and a logged model that never
+    got registered is deleted, so neither lingers as RUNNING or as an orphan.
+    """
     mlflow_client = registry.client(settings)
+    exp_id = registry.experiment_id(settings, mlflow_client)
+    registry.fail_abandoned_runs(mlflow_client, exp_id, run_key)
     existing = registry.version_by_run_key(mlflow_client, settings.model_name, run_key)
     if existing is not None:
         log.info("run %s already registered version %s; not training again", run_key, existing.version)
         return {"model_version": existing.version, "run_id": existing.run_id, "already_done": True}
+    registry.delete_orphan_models(mlflow_client, exp_id, run_key)
 
     import mlflow
     import mlflow.pytorch
@@ -150,10 +158,11 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
     torch.manual_seed(settings.train.seed)  # weight init draws from the global generator
     model = build_model(settings.train.arch, settings.image.channels, len(settings.labels))
 
-    exp_id = registry.experiment_id(settings, mlflow_client)
     started = time.perf_counter()
     with mlflow.start_run(
-        experiment_id=exp_id, run_name=f"train-{run_key}", tags={registry.RUN_KEY_TAG: run_key}
+        experiment_id=exp_id,
+        run_name=f"train-{run_key}",
+        tags={registry.RUN_KEY_TAG: run_key, **registry.process_tags()},
     ) as run:
         mlflow.log_params(
             {
@@ -184,6 +193,7 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
             serialization_format="pickle",  # so that a champion can be fine-tuned, not just served
             input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            tags={registry.RUN_KEY_TAG: run_key},  # how a rerun finds this model if registration never happened
         )
         registry.ensure_registered_model(mlflow_client, settings.model_name)
         version = mlflow_client.create_model_version(

@@ -1,9 +1,15 @@
-"""Validate a batch with the Great Expectations suites kept in ``ml/suites/``.
+"""Validate a batch with the Great Expectations suites kept in ``ml/suites/``, plus ingest's own checks.
 
 Two suites run on one ephemeral GX context: ``manifest.json`` on the manifest (one row per file) and
 ``class_balance.json`` on the batch's label shares. Each expectation's ``meta`` names the rule, says
 why it exists and whether it is a ``row`` rule (offending rows are listed and may be dropped) or a
 ``batch`` rule (the whole batch fails).
+
+Some rules cannot wait for a manifest: they decide whether a file is read at all (its name, place,
+extension and size), what a decoded file may be (its format), or whether the batch can be looked
+at (its name, root and commit marker). Ingest evaluates those itself; :data:`INGEST_CHECKS` is
+where they are documented, and their failures become the same :class:`RuleFailure` as GX's, in
+the same report.
 """
 
 from __future__ import annotations
@@ -25,6 +31,37 @@ log = logging.getLogger(__name__)
 
 SUITES = ("manifest.json", "class_balance.json")
 SAMPLE_ROWS = 20
+INGEST_CHECK = "ingest check"  # the ``expectation`` of a rule that ingest evaluates itself
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule that ingest evaluates itself (see the module docstring)."""
+
+    rule: str
+    level: str  # row | batch
+    why: str
+
+
+#: Ingest's own rules. Row rules are evaluated on every listed file; batch rules stop the batch
+#: before any file is read.
+INGEST_CHECKS = {check.rule: check for check in (
+    Check("file_name", "row", "every path is valid UTF-8 without control characters or backslashes; "
+          "such a file is never read (its uri is shown escaped, e.g. bad\\xff.png)"),
+    Check("layout", "row", "every file is at images/<label>/<file>; files directly under images/ or "
+          "nested below a label folder are never read"),
+    Check("file_extension", "row", "every file's lower-cased suffix is in ingest.extensions; other files are never read"),
+    Check("file_size", "row", "every file is at most ingest.max_file_bytes, from the listing; larger files are never read"),
+    Check("image_format", "row", "every file decodes as a format that ingest.extensions allows (a JPEG named .png "
+          "passes; a PSD, ICO or EPS named .png does not, and its pixels are never decoded)"),
+    Check("batch_name", "batch", "the landing folder's name is a valid batch id; an invalid-named folder is "
+          "quarantined under invalid-name-<sha256 of its name>, never read"),
+    Check("batch_root", "batch", "landing/<batch_id> and its images/ are real folders at exactly that place in "
+          "the lake, not symlinks to elsewhere; nothing is read otherwise"),
+    Check("commit_marker", "batch", "the _COMMITTED marker is a regular file, not a folder or a symlink"),
+    Check("ingest_error", "batch", "ingest raised an unexpected error on this batch; the others went on"),
+)}  # fmt: skip
+ROW_CHECKS = tuple(rule for rule, check in INGEST_CHECKS.items() if check.level == "row")
 
 
 @dataclass(frozen=True)
@@ -37,6 +74,7 @@ class RuleFailure:
     observed: Any = None
     sample_rows: list[dict[str, str]] = field(default_factory=list)  # uri, and the decoder's error if any
     uris: tuple[str, ...] = ()  # every offending row, for dropping; not written to reports
+    fix: str = ""  # what to do about it, where the rule knows
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -47,6 +85,7 @@ class RuleFailure:
             "unexpected_count": self.unexpected_count,
             "observed": self.observed,
             "sample_rows": self.sample_rows,
+            **({"fix": self.fix} if self.fix else {}),
         }
 
 
@@ -56,6 +95,7 @@ class ValidationOutcome:
     evaluated: int
     failures: list[RuleFailure]
     gx_results: list[dict[str, Any]]
+    checks: tuple[str, ...] = ()  # the ingest checks evaluated besides GX (for the HTML page)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -69,6 +109,35 @@ class ValidationOutcome:
         if any(f.level != "row" or f.rule in always_fail for f in self.failures):
             return None
         return {uri for f in self.failures for uri in f.uris}
+
+    def rules_by_uri(self) -> dict[str, list[str]]:
+        """Every rule each offending row failed (not just one of them), sorted."""
+        rules: dict[str, set[str]] = {}
+        for failure in self.failures:
+            for uri in failure.uris:
+                rules.setdefault(uri, set()).add(failure.rule)
+        return {uri: sorted(names) for uri, names in rules.items()}
+
+
+def batch_failure(rule: str, observed: str, fix: str = "") -> RuleFailure:
+    """A failed batch-level ingest check: the whole batch is quarantined, no row is named."""
+    check = INGEST_CHECKS[rule]
+    return RuleFailure(rule=rule, level=check.level, expectation=INGEST_CHECK, why=check.why,
+                       unexpected_count=0, observed=observed, fix=fix)  # fmt: skip
+
+
+def check_failures(problems: pd.DataFrame) -> list[RuleFailure]:
+    """Row-level ingest checks as rule failures; ``problems`` has one row per (``uri``, ``rule``, ``error``)."""
+    failures = []
+    for rule, rows in problems.groupby("rule", sort=True):
+        check = INGEST_CHECKS[str(rule)]
+        failures.append(RuleFailure(
+            rule=check.rule, level=check.level, expectation=INGEST_CHECK, why=check.why,
+            unexpected_count=len(rows), observed=None,
+            sample_rows=[{"uri": u, "error": e} for u, e in rows[["uri", "error"]].head(SAMPLE_ROWS).itertuples(index=False)],
+            uris=tuple(rows["uri"]),
+        ))  # fmt: skip
+    return failures
 
 
 def load_suite_dict(name: str) -> dict[str, Any]:
@@ -145,8 +214,14 @@ def _failure(res: Any) -> RuleFailure:
     )
 
 
-def validate_manifest(manifest: pd.DataFrame, settings: Settings) -> ValidationOutcome:
-    """Run both suites on ``manifest`` and name each failed rule with the offending rows."""
+def validate_manifest(
+    manifest: pd.DataFrame, settings: Settings, problems: pd.DataFrame | None = None
+) -> ValidationOutcome:
+    """Run both suites on ``manifest`` and name each failed rule with the offending rows.
+
+    ``problems``: the row-level ingest checks that failed, one row per (``uri``, ``rule``, ``error``);
+    they join GX's failures, so that one outcome (and one report) holds every rule.
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -158,14 +233,36 @@ def validate_manifest(manifest: pd.DataFrame, settings: Settings) -> ValidationO
         _run_suite(context, "manifest.json", manifest, parameters),
         _run_suite(context, "class_balance.json", class_shares(manifest, settings.labels), parameters),
     ]
+    checked = check_failures(problems) if problems is not None else []
     failures = sorted(
-        (_failure(r) for result in results for r in result.results if not r.success), key=lambda f: f.rule
+        [*(_failure(r) for result in results for r in result.results if not r.success), *checked],
+        key=lambda f: f.rule,
     )
+    checks = ROW_CHECKS if problems is not None else ()
     return ValidationOutcome(
-        success=all(bool(r.success) for r in results),
-        evaluated=sum(len(r.results) for r in results),
+        success=all(bool(r.success) for r in results) and not checked,
+        evaluated=sum(len(r.results) for r in results) + len(checks),
         failures=failures,
         gx_results=[json.loads(json.dumps(r.to_json_dict(), default=str)) for r in results],
+        checks=checks,
+    )
+
+
+def _html_row(rule: str, level: str, success: bool, kind: str, count: Any, observed: Any, samples: list[Any],
+              why: str) -> str:  # fmt: skip
+    return (
+        "<tr class='{cls}'><td>{rule}</td><td>{level}</td><td>{ok}</td><td>{kind}</td><td>{count}</td>"
+        "<td>{observed}</td><td>{samples}</td><td>{why}</td></tr>".format(
+            cls="ok" if success else "bad",
+            rule=html.escape(rule),
+            level=html.escape(level),
+            ok="pass" if success else "FAIL",
+            kind=html.escape(kind),
+            count=html.escape(str(count)),
+            observed=html.escape(str(observed)),
+            samples=html.escape(", ".join(str(s) for s in samples[:5])),
+            why=html.escape(why),
+        )
     )
 
 
@@ -177,21 +274,16 @@ def render_html(batch_id: str, outcome: ValidationOutcome, dropped: int = 0) -> 
             config = res.get("expectation_config", {})
             meta = config.get("meta") or {}
             details = res.get("result") or {}
-            samples = details.get("partial_unexpected_list") or []
-            rows.append(
-                "<tr class='{cls}'><td>{rule}</td><td>{level}</td><td>{ok}</td><td>{kind}</td><td>{count}</td>"
-                "<td>{observed}</td><td>{samples}</td><td>{why}</td></tr>".format(
-                    cls="ok" if res.get("success") else "bad",
-                    rule=html.escape(str(meta.get("rule", ""))),
-                    level=html.escape(str(meta.get("level", ""))),
-                    ok="pass" if res.get("success") else "FAIL",
-                    kind=html.escape(str(config.get("type", ""))),
-                    count=html.escape(str(details.get("unexpected_count", ""))),
-                    observed=html.escape(str(details.get("observed_value", ""))),
-                    samples=html.escape(", ".join(str(s) for s in samples[:5])),
-                    why=html.escape(str(meta.get("why", ""))),
-                )
-            )
+            rows.append(_html_row(
+                str(meta.get("rule", "")), str(meta.get("level", "")), bool(res.get("success")),
+                str(config.get("type", "")), details.get("unexpected_count", ""), details.get("observed_value", ""),
+                details.get("partial_unexpected_list") or [], str(meta.get("why", "")),
+            ))  # fmt: skip
+    failed = {f.rule: f for f in outcome.failures}
+    for rule in outcome.checks:
+        check, failure = INGEST_CHECKS[rule], failed.get(rule)
+        rows.append(_html_row(rule, check.level, failure is None, INGEST_CHECK, failure.unexpected_count if failure else 0,
+                              "", [r["uri"] for r in failure.sample_rows] if failure else [], check.why))  # fmt: skip
     verdict = "passed" if outcome.success else "FAILED"
     return (
         "<!doctype html><meta charset='utf-8'><title>ct validation: {b}</title>"

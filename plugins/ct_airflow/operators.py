@@ -10,6 +10,9 @@ between the embedded, compose and Kubernetes profiles:
   ``/airflow/xcom/return.json``, which the XCom sidecar hands back.
 
 A step that prints ``{"skip": reason}`` makes the task *skipped* with that reason, not failed.
+A failure keeps its kind (the step's exit code, :mod:`ml.errors`): a service that did not answer
+(75) fails the try so that Airflow retries it with backoff; refused arguments (2) fail the task
+without retries, since the same command cannot succeed; anything else (1) fails the try.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from ct_airflow.links import MlflowModelLink, ReportLink
 from ct_airflow.runkey import is_backfill, run_key, run_time, triggering_batch_ids
@@ -37,10 +41,39 @@ if TYPE_CHECKING:
 RUN_KEY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate", "rollback", "promote"})
 STEPS = RUN_KEY_STEPS | {"ingest"}
 STDERR_TAIL = 40
+# Kept in step with ml.errors (not imported: plugins stay light at parse time).
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 75
+
+#: Task retries for ct's DAGs: an outage (exit 75) decides nothing, so retrying with backoff is safe.
+OUTAGE_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
 
 
 class StepFailed(AirflowException):
     """The ``ml`` step exited non-zero; the message carries its error line."""
+
+
+class StepUnavailable(StepFailed):
+    """A service the step needs (MLflow, S3, the database) did not answer; nothing was decided. Retried."""
+
+
+class StepRefused(AirflowFailException):
+    """The step refused its arguments; retrying the same command cannot help."""
+
+
+def failure_for(step: str, returncode: int, result: dict[str, Any], fallback: str) -> AirflowException:
+    """The task outcome for a failed step, from its exit code and its JSON error line."""
+    message = f"{step} failed: {result.get('error') or fallback}"
+    if returncode == EXIT_UNAVAILABLE or result.get("retryable"):
+        return StepUnavailable(f"{message} (retryable: exit {returncode})")
+    if returncode == EXIT_USAGE or result.get("error_type") in ("UsageError", "ConfigError"):
+        return StepRefused(message)
+    return StepFailed(message)
 
 
 def parse_result(stdout: str) -> dict[str, Any]:
@@ -89,6 +122,8 @@ class CtStepOperator(BaseOperator):
             args += ["--run-key", run_key(context)]
         if self.step == "decide" and (as_of := run_time(context)):
             args += ["--as-of", as_of]  # the policy's clock is the run's time, not the wall clock
+        if self.step == "decide" and is_backfill(context):
+            args.append("--backfill")  # a run about the past never writes the live policy memory
         if self.step == "gate" and is_backfill(context):
             # Backfills evaluate and record; they move @champion only when the run asks for it.
             args.append("--backfill")
@@ -110,7 +145,7 @@ class CtStepOperator(BaseOperator):
             result = raw if isinstance(raw, dict) else parse_result(json.dumps(raw))
         self.step_result = result
         if "error" in result:
-            raise StepFailed(f"{self.step} failed: {result['error']}")
+            raise failure_for(self.step, 1, result, "")
         if "skip" in result:
             raise AirflowSkipException(str(result["skip"]))
         return result
@@ -145,8 +180,7 @@ class CtStepOperator(BaseOperator):
             pump.join(timeout=10)
         result = parse_result(stdout) if stdout.strip() or returncode == 0 else {}
         if returncode != 0:
-            message = result.get("error") or (tail[-1] if tail else "no output")
-            raise StepFailed(f"`python -m ml {args[0]}` exited {returncode}: {message}")
+            raise failure_for(f"`python -m ml {args[0]}`", returncode, result, tail[-1] if tail else "no output")
         return result
 
     def on_kill(self) -> None:

@@ -28,7 +28,10 @@ def claim_new_batches(lake_uri: str | None) -> list[str]:
 
     lake = Lake.from_uri(lake_uri or load_settings().lake_uri)
     announced = set(name.removesuffix(".json") for name in lake.list_children(layout.state(ANNOUNCED)))
-    fresh = [b for b in pending_batches(lake) if b not in announced]
+    # pending_batches lists an invalid-named landing folder under a derived, valid id (ingest then
+    # quarantines it); each id becomes a lake key and a ct_ingest param here, so the one id rule is
+    # checked again rather than trusted.
+    fresh = [b for b in pending_batches(lake) if b not in announced and layout.id_problem(b) is None]
     for batch_id in fresh:
         lake.write_json(layout.state(f"{ANNOUNCED}/{batch_id}.json"), {"batch_id": batch_id, "at": time.time()})
     return fresh

@@ -41,11 +41,16 @@ def create_app() -> FastAPI:
         return Response(content=body, media_type=media_type)
 
     @app.get("/decisions")
-    def list_decisions(limit: int = 50) -> list[dict[str, Any]]:
+    def list_decisions(response: Response, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first. An unreadable record is skipped and named in ``X-Ct-Unreadable`` (and the log)."""
         from ml.config import load_settings
-        from ml.promote import history
+        from ml.promote import read_history
         from ml.storage import Lake
 
-        return list(reversed(history(Lake.from_uri(load_settings().lake_uri), limit)))
+        records, problems = read_history(Lake.from_uri(load_settings().lake_uri), limit)
+        if problems:
+            response.headers["X-Ct-Unreadable"] = str(len(problems))
+            response.headers["X-Ct-Unreadable-First"] = problems[0][:500].encode("ascii", "replace").decode()
+        return list(reversed(records))
 
     return app

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import logging
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
 
-from ml.config import load_settings
+from ml.config import TOP_LEVEL_ENV, load_settings
 from ml.errors import ConfigError
 
 
@@ -42,9 +44,47 @@ def test_config_json_round_trips_to_a_pod(tmp_path: Path) -> None:
         ({"CT_RUNNER": "docker"}, "runner"),
         ({"CT_GATE__NO_SUCH_THING": "1"}, "no_such_thing"),
         ({"CT_CONFIG": "/nonexistent/ct.yaml"}, "does not exist"),
+        ({"CT_LABELS": "cat"}, "at least two distinct"),
+        ({"CT_INGEST__EXTENSIONS": "[png, .jpg]"}, "must look like"),
     ],
-    ids=["negative-margin", "non-int", "unknown-runner", "unknown-key", "missing-file"],
+    ids=["negative-margin", "non-int", "unknown-runner", "unknown-key", "missing-file", "one-label", "undotted-ext"],
 )
 def test_invalid_configuration_names_the_field(tmp_path: Path, env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"[.\n ]+")):
         load_settings({"CT_HOME": str(tmp_path), **env})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"CT_LABELS": "cat,dog,bird"}, {"labels": ("cat", "dog", "bird")}),
+        ({"CT_LABELS": "[cat, dog]"}, {"labels": ("cat", "dog")}),
+        ({"CT_LABELS": " cat , dog "}, {"labels": ("cat", "dog")}),
+        ({"CT_INGEST__EXTENSIONS": ".PNG,.jpg"}, {"ingest.extensions": (".png", ".jpg")}),
+        ({"CT_INGEST__ALWAYS_FAIL_RULES": ""}, {"ingest.always_fail_rules": ()}),
+        ({"CT_INGEST__MAX_FILE_BYTES": "1000"}, {"ingest.max_file_bytes": 1000}),
+        ({"CT_EXPERIMENT": "other"}, {"experiment": "other"}),
+    ],
+    ids=["labels-commas", "labels-yaml", "labels-spaces", "extensions-lowered", "empty-list", "max-file-bytes",
+         "any-top-level-field"],
+)  # fmt: skip
+def test_list_and_top_level_overrides(tmp_path: Path, env: dict[str, str], expected: dict) -> None:
+    settings = load_settings({"CT_HOME": str(tmp_path), **env})
+    assert {name: attrgetter(name)(settings) for name in expected} == expected
+
+
+def test_every_top_level_field_has_a_shortcut() -> None:
+    from ml.config import Settings
+
+    sections = {"image", "ingest", "drift", "policy", "train", "gate", "kubernetes"}
+    assert set(TOP_LEVEL_ENV) == set(Settings.model_fields) - sections
+    assert "labels" in TOP_LEVEL_ENV
+
+
+def test_unknown_top_level_variable_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    known = {"CT_RUN_KEY": "r1", "CT_LOG_LEVEL": "DEBUG", "CT_CODE_VERSION": "abc", "CT_S3_ENDPOINT_URL": "http://x",
+             "CT_S3_CONNECT_TIMEOUT": "5", "CT_S3_READ_TIMEOUT": "5"}  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="ml.config"):
+        settings = load_settings({"CT_HOME": str(tmp_path), "CT_LABLES": "cat,dog", **known})
+    assert settings.labels == tuple(str(d) for d in range(10)), "an unknown variable changes nothing"
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["ignoring CT_LABLES"]
