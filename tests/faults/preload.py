@@ -1,0 +1,18 @@
+"""Imported once by the fault suite's forkserver, so that forked steps start warm."""
+
+import great_expectations  # noqa: F401
+import mlflow
+import mlflow.pytorch  # noqa: F401
+import pandas  # noqa: F401
+import requests  # noqa: F401
+import scipy.stats  # noqa: F401
+import torch  # noqa: F401
+from botocore.client import BaseClient  # noqa: F401
+
+import ml.cli
+import ml.evaluate
+import ml.ingest
+import ml.promote
+import ml.train
+import ml.validate  # noqa: F401
+import tests.faults.harness  # noqa: F401
