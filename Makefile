@@ -44,6 +44,7 @@ test: $(STAMP) lint typecheck
 bench: $(STAMP)
 	$(PY) bench/dag_parse.py
 	$(PY) bench/validate_drift.py
+	$(PY) bench/exit_stress.py
 
 clean:
 	rm -rf .ct .pytest_cache .mypy_cache .ruff_cache

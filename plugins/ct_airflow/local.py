@@ -2,7 +2,7 @@
 
 ``python plugins/ct_airflow/local.py demo|up|env`` (the Makefile's targets call it). Everything
 lives under ``CT_HOME`` (``./.ct``): ``airflow/`` (SQLite, LocalExecutor), ``mlflow.db``,
-``mlartifacts/`` and ``lake/``. Servers bind to 127.0.0.1.
+``mlartifacts/`` and ``lake/``. Every server listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -13,18 +13,27 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from pluggy import HookimplMarker
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_PORT = 8080
 MLFLOW_PORT = 5000
 ADMIN = "admin"
+#: The marker Airflow's listener hooks are found by (``airflow.listeners.hookimpl`` is this marker); taken
+#: from pluggy so that importing this module does not import Airflow before ``embedded_env`` is applied.
+hookimpl = HookimplMarker("airflow")
 
 
 def ct_home() -> Path:
@@ -49,12 +58,15 @@ def embedded_env(home: Path | None = None, refresh_interval: int = 5) -> dict[st
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{AIRFLOW_PORT}/execution/",
+        # Off by default; if someone turns it on, it must not listen on 0.0.0.0 (its default host).
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "GX_ANALYTICS_ENABLED": "false",
         "TQDM_DISABLE": "1",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        # `airflow standalone` starts its components as `airflow ...` found on PATH: use this venv's.
+        # Whatever runs `airflow ...` from PATH (`airflow standalone`, if run by hand, does) gets this venv's.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH")])),
     }
@@ -111,34 +123,145 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-@contextlib.contextmanager
-def output_to(log_path: Path) -> Iterator[None]:
-    """Send this process's and its children's stdout/stderr to ``log_path`` (Airflow's task logs are chatty)."""
+def _redirect_fds(target: IO[bytes]) -> tuple[int, int]:
+    """Point fds 1 and 2 (this process's and its children's stdout/stderr) at ``target``; return the old ones."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    os.dup2(target.fileno(), 1)
+    os.dup2(target.fileno(), 2)
+    return saved
+
+
+def _restore_fds(saved: tuple[int, int]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd, old in zip((1, 2), saved, strict=True):
+        os.dup2(old, fd)
+        os.close(old)
+
+
+@contextlib.contextmanager
+def output_to(log_path: Path) -> Iterator[None]:
+    """Send this process's and its children's stdout/stderr to ``log_path`` (Airflow's task logs are chatty)."""
     with open(log_path, "ab") as log_file:
-        os.dup2(log_file.fileno(), 1)
-        os.dup2(log_file.fileno(), 2)
+        saved = _redirect_fds(log_file)
         try:
             yield
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            _restore_fds(saved)
+
+
+class TaskLogFiles:
+    """An Airflow listener that gives ``dag.test()`` tasks the log files the Airflow UI reads.
+
+    ``dag.test()`` runs each task inside the calling process (``run_task_in_process``): unlike a
+    worker's supervisor it writes no log file, it logs to this process's stdout, so the api-server
+    later finds nothing ("Log file not found"). While a task runs, from the task runner's
+    ``on_task_instance_running`` hook to its ``success``/``failed``/``skipped`` hook, this listener
+    points fds 1 and 2 at ``<[logging] base_log_folder>/<log_filename_template>``: the path a worker's
+    supervisor writes (``airflow.sdk.log.init_log_file`` with the template the executor renders) and
+    the one the api-server's ``FileTaskHandler`` reads. Everything the task logs, including the ``ml``
+    step's stderr that the operator relays, lands there; between tasks, output goes back where it was.
+    """
+
+    def __init__(self) -> None:
+        self._saved: tuple[int, int] | None = None
+        self._file: IO[bytes] | None = None
+        self.paths: list[Path] = []
+
+    @staticmethod
+    def path_for(task_instance: Any) -> Path:
+        from airflow.sdk.log import init_log_file
+        from airflow.utils.helpers import log_filename_template_renderer
+
+        return Path(init_log_file(log_filename_template_renderer()(ti=task_instance)))
+
+    def _start(self, task_instance: Any) -> None:
+        self._stop()
+        path = self.path_for(task_instance)
+        self._file = open(path, "ab")  # append: a deferred task resumes into the same attempt's file
+        self._saved = _redirect_fds(self._file)
+        self.paths.append(path)
+
+    def _stop(self) -> None:
+        if self._saved is not None:
+            _restore_fds(self._saved)
+            self._saved = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # The hooks of airflow.sdk._shared.listeners.spec.taskinstance, called by the task runner.
+    @hookimpl
+    def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
+        self._start(task_instance)
+
+    @hookimpl
+    def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+        self._stop()
+
+    @hookimpl
+    def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
+        self._stop()
+
+    @hookimpl
+    def on_task_instance_skipped(self, previous_state: Any, task_instance: Any) -> None:
+        self._stop()
+
+    def close(self) -> None:
+        self._stop()
+
+
+@contextlib.contextmanager
+def task_logs_to_files() -> Iterator[TaskLogFiles]:
+    """Register :class:`TaskLogFiles` with the Task SDK's listener manager (the one ``dag.test()``'s tasks call)."""
+    from airflow.sdk.listener import get_listener_manager
+
+    listener = TaskLogFiles()
+    manager = get_listener_manager()
+    manager.add_listener(listener)
+    try:
+        yield listener
+    finally:
+        listener.close()
+        manager.pm.unregister(listener)
+
+
+def run_dag_test(dag: Any, logical_date: datetime, **kwargs: Any) -> Any:
+    """``dag.test()`` for a simulated day, recorded with the wall-clock time it really started.
+
+    ``DAG.test()`` creates its run with ``start_date=logical_date or run_after``
+    (airflow/sdk/definitions/dag.py, the ``get_or_create_dagrun`` call), so a run for 2026-01-01
+    "started" on 2026-01-01 and the UI shows a duration of months. The logical date must stay (the
+    policy's clock is the run's data interval), and no argument or setting changes that start date,
+    and the REST API's ``PATCH dagRuns`` only accepts ``state`` and ``note``. So once the run is
+    finished, its ``start_date`` is set to when it really started, through Airflow's own ORM session
+    (the way ``dag.test()`` itself wrote the row). Task instances already carry real start and end times.
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    started = datetime.now(UTC)
+    run = dag.test(logical_date=logical_date, **kwargs)
+    with create_session() as session:
+        session.execute(update(DagRun).where(DagRun.id == run.id).values(start_date=started))
+    run.start_date = started
+    return run
 
 
 def demo() -> int:
     """Play the four-day scenario through the real Airflow (``dag.test()``) and print what happened."""
     home = ct_home()
     reset(home)
-    apply_env(home)
+    env = apply_env(home)
+    # Plain text: dag.test()'s output lands in demo.log and, task by task, in the logs the UI shows.
+    os.environ["AIRFLOW__LOGGING__COLORED_CONSOLE_LOG"] = "False"
     started = time.perf_counter()
     log_path = home / "demo.log"
-    print(f"ct demo: embedded profile under {home}; Airflow's task logs go to {log_path}", flush=True)
+    print(f"ct demo: embedded profile under {home}; Airflow's output goes to {log_path},", flush=True)
+    print(f"each task's log to {Path(env['AIRFLOW_HOME']) / 'logs'} (the Airflow UI shows them after make up)")
     print("Setting up the Airflow database ...", flush=True)
     airflow_cli("db", "migrate")
 
@@ -166,8 +289,8 @@ def demo() -> int:
         noticed = claim_new_batches(settings.lake_uri)  # what the triggerer's AssetWatcher does
         when = datetime(2026, 1, day, 4, tzinfo=UTC)
         print(f"   the landing watcher noticed {noticed}; running ct_ingest ...", flush=True)
-        with output_to(log_path):
-            ingest_run = ingest_dag.test(logical_date=when, run_conf={"batch_ids": noticed})
+        with output_to(log_path), task_logs_to_files():
+            ingest_run = run_dag_test(ingest_dag, when, run_conf={"batch_ids": noticed})
         curated = lake.exists(layout.manifest(batch.batch_id))
         quarantine = lake.read_json_or(layout.quarantine_report(batch.batch_id), None)
         row: dict[str, Any] = {"batch": batch.batch_id, "ingest": str(ingest_run.state)}
@@ -175,8 +298,8 @@ def demo() -> int:
             "passed" if curated else f"quarantined: {', '.join(quarantine['failed_rules'])}" if quarantine else "?"
         )
         print(f"   ct_ingest: {ingest_run.state} ({row['validation']}); running ct_retrain ...", flush=True)
-        with output_to(log_path):
-            retrain_run = retrain_dag.test(logical_date=when)
+        with output_to(log_path), task_logs_to_files():
+            retrain_run = run_dag_test(retrain_dag, when)
         key = run_key_from_run_id(retrain_run.run_id)
         drift, decision, gate = (
             _report(lake, key, "drift.json"),
@@ -237,8 +360,88 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 # -- make up ----------------------------------------------------------------------------------
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+def service_commands(env: Mapping[str, str], mlflow_port: int = MLFLOW_PORT) -> dict[str, list[str]]:
+    """What ``make up`` runs: Airflow's four components and the MLflow UI, each on 127.0.0.1 or on no port.
+
+    Not ``airflow standalone``: it starts ``airflow scheduler`` and ``airflow triggerer`` with no
+    arguments (airflow/cli/commands/standalone_command.py), and each of them then starts a log server
+    (8793 for the LocalExecutor's workers, 8794 for the triggerer) whose host is hard-coded to every
+    interface (``uvicorn.run(host="")`` in airflow/utils/serve_logs/core.py); no setting changes it.
+    Those servers let an api-server on another machine fetch log files. Here every component writes,
+    and the api-server reads, the same ``$AIRFLOW_HOME/logs``, so ``--skip-serve-logs`` turns them off.
+    The api-server takes its host and port from ``[api] host`` and ``port`` (see :func:`embedded_env`).
+    """
+    from ml.config import load_settings
+
+    settings = load_settings(env)
+    bindir = Path(sys.executable).parent
+    airflow = str(bindir / "airflow")
+    return {
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "dag-processor": [airflow, "dag-processor"],
+        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+        "api-server": [airflow, "api-server"],
+        # One worker: a local UI needs no more, and mlflow's default of four costs a core while they start.
+        "mlflow": [str(bindir / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+                   "--backend-store-uri", settings.mlflow_tracking_uri,
+                   "--default-artifact-root", settings.mlflow_artifact_uri],
+    }  # fmt: skip
+
+
+def _relay(prefix: str, stream: IO[bytes], sink: IO[str], lock: threading.Lock) -> None:
+    for raw in iter(stream.readline, b""):
+        with lock:
+            sink.write(prefix + raw.decode(errors="replace").rstrip("\n") + "\n")
+            sink.flush()
+
+
+def start_services(commands: Mapping[str, list[str]], env: Mapping[str, str], sink: IO[str]) -> list[Service]:
+    """Start each command in its own session; its output goes to ``sink``, each line prefixed with its name."""
+    width = max(map(len, commands))
+    lock = threading.Lock()
+    services = []
+    for name, command in commands.items():
+        process = subprocess.Popen(command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+        assert process.stdout is not None
+        threading.Thread(target=_relay, args=(f"{name:<{width}} | ", process.stdout, sink, lock),
+                         name=f"relay-{name}", daemon=True).start()  # fmt: skip
+        services.append(Service(name, process))
+    return services
+
+
+def stop_services(services: list[Service], timeout: float = 30.0) -> None:
+    """SIGTERM each service (it stops its own workers), then SIGKILL whatever is left in its session."""
+    for service in services:
+        if service.process.poll() is None:
+            service.process.terminate()
+    deadline = time.monotonic() + timeout
+    for service in services:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.process.pid, signal.SIGKILL)  # its session's group: only what it started
+        service.process.wait()
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def up() -> int:
-    """Run Airflow standalone and the MLflow UI on 127.0.0.1 until interrupted."""
+    """Run Airflow's scheduler, dag-processor, triggerer and api-server and the MLflow UI until interrupted."""
     home = ct_home()
     apply_env(home)
     (home / "airflow").mkdir(parents=True, exist_ok=True)
@@ -247,32 +450,26 @@ def up() -> int:
     from ml.config import load_settings
 
     settings = load_settings()
-    bindir = Path(sys.executable).parent
-    procs = [
-        subprocess.Popen([str(bindir / "airflow"), "standalone"], env=os.environ.copy()),
-        subprocess.Popen(
-            [str(bindir / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(MLFLOW_PORT),
-             "--backend-store-uri", settings.mlflow_tracking_uri, "--default-artifact-root", settings.mlflow_artifact_uri],
-            env=os.environ.copy(),
-        ),
-    ]  # fmt: skip
-    print(f"\nAirflow: http://127.0.0.1:{AIRFLOW_PORT}  user {ADMIN}, password {password}")
-    print(f"MLflow:  http://127.0.0.1:{MLFLOW_PORT}")
-    print(
-        f"Drop a batch: write {settings.lake_uri}/landing/<batch_id>/images/<label>/*.png, then an empty _COMMITTED file."
-    )
-    print("Or: make drop-batch. Ctrl-C stops both.", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    services = start_services(service_commands(os.environ), os.environ, sys.stdout)
+    failed: list[str] = []
     try:
-        while all(p.poll() is None for p in procs):
+        shown = False
+        while not (failed := [s.name for s in services if s.process.poll() is not None]):
+            if not shown and _port_open(AIRFLOW_PORT):
+                shown = True
+                print(f"\nAirflow: http://127.0.0.1:{AIRFLOW_PORT}  user {ADMIN}, password {password}")
+                print(f"MLflow:  http://127.0.0.1:{MLFLOW_PORT}")
+                print(f"Drop a batch: write {settings.lake_uri}/landing/<batch_id>/images/<label>/*.png, "
+                      "then an empty _COMMITTED file.")  # fmt: skip
+                print("Or: make drop-batch. Ctrl-C stops everything.\n", flush=True)
             time.sleep(1)
+        print(f"stopped by itself: {', '.join(failed)}; stopping the rest", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-    return 0
+        stop_services(services)
+    return 1 if failed else 0
 
 
 def drop_batch(batch_id: str | None) -> int:
@@ -295,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="replay the demo scenario from a clean state")
-    sub.add_parser("up", help="Airflow standalone + MLflow UI on 127.0.0.1")
+    sub.add_parser("up", help="Airflow (scheduler, dag-processor, triggerer, api-server) + MLflow UI on 127.0.0.1")
     drop = sub.add_parser("drop-batch", help="commit one more demo batch into the landing area")
     drop.add_argument("--batch-id")
     sub.add_parser("env", help="print the embedded environment as shell exports")

@@ -1,23 +1,26 @@
 """Start the embedded Airflow for real and watch continuous training happen with no manual trigger.
 
-``airflow standalone`` runs the scheduler, dag-processor, triggerer and api-server. The test commits
-a landing batch and waits for the triggerer's watcher to start ``ct_ingest``, whose asset event
-must then start ``ct_retrain``, with both ending in success.
+The test starts exactly what ``make up`` starts (:func:`ct_airflow.local.service_commands`): the
+scheduler, dag-processor, triggerer and api-server, and the MLflow UI. It commits a landing batch
+and waits for the triggerer's watcher to start ``ct_ingest``, whose asset event must then start
+``ct_retrain``, with both ending in success. All the while, no process those services started may
+listen on anything but loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from ct_airflow.local import embedded_env
+from ct_airflow.local import embedded_env, service_commands, start_services, stop_services
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -38,9 +41,48 @@ def dag_runs(db: Path) -> dict[str, list[tuple[str, str]]]:
     return runs
 
 
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def listening_sockets(roots: list[int]) -> dict[tuple[str, int], str]:
+    """Every TCP socket in LISTEN state held by the ``roots``, their descendants, or anything in their sessions.
+
+    ``start_services`` gives each service its own session, so a helper that detaches from the process
+    tree (re-parented to init) is still found by its session id.
+    """
+    procs: dict[int, psutil.Process] = {}
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            procs.update({p.pid: p for p in [root, *root.children(recursive=True)]})
+        except psutil.NoSuchProcess:
+            continue
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) in roots:
+                procs.setdefault(proc.pid, proc)
+        except (ProcessLookupError, PermissionError):
+            continue
+    found: dict[tuple[str, int], str] = {}
+    for proc in procs.values():
+        try:
+            sockets = proc.net_connections(kind="tcp")
+            cmdline = " ".join(proc.cmdline()).strip()[:120]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        for sock in sockets:
+            if sock.status == psutil.CONN_LISTEN:
+                found[(sock.laddr.ip, sock.laddr.port)] = f"pid {proc.pid}: {cmdline}"
+    return found
+
+
 def test_a_committed_batch_flows_through_ingest_and_retrain(tmp_path: Path) -> None:
     home = tmp_path / "ct"
-    port = free_port()
+    port, mlflow_port = free_port(), free_port()
     env = {**os.environ, **embedded_env(home, refresh_interval=2)}
     env.update({
         "AIRFLOW__API__PORT": str(port),
@@ -51,10 +93,17 @@ def test_a_committed_batch_flows_through_ingest_and_retrain(tmp_path: Path) -> N
     (home / "airflow").mkdir(parents=True)
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    log_path = tmp_path / "standalone.log"
-    with open(log_path, "wb") as log:
-        airflow = subprocess.Popen([str(bindir / "airflow"), "standalone"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    log_path = tmp_path / "services.log"
+    log = open(log_path, "w")  # the services write to it until they are stopped
+    services = start_services(service_commands(env, mlflow_port=mlflow_port), env, log)
+    roots = [s.process.pid for s in services]
+    listening: dict[tuple[str, int], str] = {}
+
+    def check_listeners() -> None:
+        listening.update(listening_sockets(roots))
+        exposed = {f"{ip}:{p}": who for (ip, p), who in listening.items() if not is_loopback(ip)}
+        assert not exposed, f"listening beyond loopback: {exposed}"
+
     try:
         # Commit a batch the way a producer would; nobody triggers anything by hand.
         code = (
@@ -66,15 +115,24 @@ def test_a_committed_batch_flows_through_ingest_and_retrain(tmp_path: Path) -> N
         deadline = time.monotonic() + TIMEOUT_S
         runs: dict[str, list[tuple[str, str]]] = {}
         while time.monotonic() < deadline:
+            check_listeners()  # while ingest and retrain run, with every component (and its workers) up
             runs = dag_runs(db)
             finished = [
                 s for t, s in runs.get("ct_retrain", []) if t == "asset_triggered" and s in ("success", "failed")
             ]
             if finished or any(s == "failed" for _, s in runs.get("ct_ingest", [])):
                 break
-            if airflow.poll() is not None:
-                pytest.fail(f"airflow standalone exited {airflow.returncode}; see {log_path}")
+            if stopped := [s.name for s in services if s.process.poll() is not None]:
+                pytest.fail(f"{', '.join(stopped)} exited; see {log_path}")
             time.sleep(3)
+        check_listeners()
+        seen_by = time.monotonic() + 90  # MLflow may still be starting on a slow machine
+        while ("127.0.0.1", mlflow_port) not in listening and time.monotonic() < seen_by:
+            time.sleep(2)
+            check_listeners()
+        # The check saw the servers it must see, so it is not passing for want of looking.
+        assert ("127.0.0.1", port) in listening, (listening, log_path.read_text()[-3000:])
+        assert ("127.0.0.1", mlflow_port) in listening, (listening, log_path.read_text()[-3000:])
         assert runs.get("ct_ingest") == [("asset_triggered", "success")], (runs, log_path.read_text()[-3000:])
         # With catchup off, the daily cron also runs once when the DAG first appears: with no new
         # data it must end in success (its steps skipped), never failed.
@@ -84,8 +142,5 @@ def test_a_committed_batch_flows_through_ingest_and_retrain(tmp_path: Path) -> N
         gates = list((home / "lake" / "reports" / "ct_retrain").glob("*/gate.json"))
         assert len(gates) == 1 and '"decision": "promote"' in gates[0].read_text()
     finally:
-        os.killpg(airflow.pid, signal.SIGTERM)
-        try:
-            airflow.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(airflow.pid, signal.SIGKILL)
+        stop_services(services, timeout=60)
+        log.close()
