@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -38,6 +36,7 @@ from typing import Any
 
 from ml import layout
 from ml.errors import CorruptState, CtError, InfrastructureUnavailable, LeaseLost, StorageError
+from ml.process import dead_here, identity
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -68,32 +67,13 @@ def generations(lake: Lake) -> list[int]:
     return sorted(found)
 
 
-def _process_start(pid: int) -> str | None:
-    """The pid's start time in clock ticks since boot (Linux), to tell a reused pid from the holder."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def process_alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    return started is None or _process_start(pid) in (None, started)
-
-
 def holder_gone(body: dict[str, Any], now: float) -> str | None:
     """Why the holder of ``body`` no longer holds it, or None while it does."""
     if body.get("released"):
         return "released"
     if float(body.get("expires_at", 0)) <= now:
         return f"expired {now - float(body.get('expires_at', 0)):.0f}s ago"
-    if body.get("host") == socket.gethostname() and not process_alive(int(body.get("pid", -1)), body.get("pid_start")):
+    if dead_here(body.get("host"), body.get("pid"), body.get("pid_start")):
         return f"its process {body.get('pid')} on this host is gone"
     return None
 
@@ -164,7 +144,6 @@ def _acquire(
     """Create the next generation; returns (generation, own body, the predecessor's body or None)."""
     deadline = time.monotonic() + timeout_s
     corrupt_since: dict[int, float] = {}
-    pid = os.getpid()
     while True:
         existing = generations(lake)
         top = existing[-1] if existing else 0
@@ -186,8 +165,7 @@ def _acquire(
                     gone = None
         if gone is not None:
             carried = (previous or {}).get("intent")
-            body = {"token": uuid.uuid4().hex, "owner": owner, "host": socket.gethostname(), "pid": pid,
-                    "pid_start": _process_start(pid), "acquired_at": time.time(),
+            body = {"token": uuid.uuid4().hex, "owner": owner, **identity(), "acquired_at": time.time(),
                     "expires_at": time.time() + ttl_s, "released": False, "intent": carried}  # fmt: skip
             if lake.create_exclusive(generation_key(top + 1), json.dumps(body, sort_keys=True).encode()):
                 if top and gone != "released":

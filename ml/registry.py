@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ml.config import Settings
 from ml.errors import ChampionUnavailable, CtError
 from ml.outage import outage
+from ml.process import dead_here, identity
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -27,8 +28,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 RUN_KEY_TAG = "ct.run_key"
 WINDOW_TAG = "ct.window_uri"
-HOST_TAG = "ct.host"
-PID_TAG = "ct.pid"
+PROCESS_TAG_PREFIX = "ct.process."  # ct.process.host, .pid, .pid_start: who ran a training run
 
 
 def not_found(exc: BaseException) -> bool:
@@ -164,26 +164,24 @@ def load_model(settings: Settings, version: VersionInfo) -> Any:
 
 def process_tags() -> dict[str, str]:
     """Who is running a training run, so that a rerun can tell a dead attempt from a live one."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    return {f"{PROCESS_TAG_PREFIX}{k}": v for k, v in identity().items()}
 
 
 def fail_abandoned_runs(mlflow_client: MlflowClient, experiment: str, run_key: str) -> list[str]:
     """Mark FAILED the runs of ``run_key`` left RUNNING by a killed attempt; returns their ids.
 
     A run whose process is still alive on this host is left alone and reported: two attempts of
-    one run key at once is an operator error that must not be papered over.
+    one run key at once is an operator error that must not be papered over. A run from another host
+    (another pod) cannot be checked and is taken as dead: Airflow runs one try of a task at a time.
     """
-    from ml.lease import process_alive
-
     running = mlflow_client.search_runs(
         [experiment], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'RUNNING'"
     )
     failed = []
     for run in running:
-        tags = run.data.tags
-        pid = int(tags.get(PID_TAG, "-1") or -1)
-        if tags.get(HOST_TAG) == socket.gethostname() and pid != os.getpid() and pid > 0 and process_alive(pid, None):
-            raise CtError(f"run {run_key} is still training in process {pid} (MLflow run {run.info.run_id})")
+        holder = {k: run.data.tags.get(f"{PROCESS_TAG_PREFIX}{k}") for k in ("host", "pid", "pid_start")}
+        if holder["host"] == socket.gethostname() and not dead_here(**holder):
+            raise CtError(f"run {run_key} is still training in process {holder['pid']} (MLflow run {run.info.run_id})")
         mlflow_client.set_tag(run.info.run_id, "ct.abandoned", "the attempt was killed; a later attempt took over")
         mlflow_client.set_terminated(run.info.run_id, status="FAILED")
         failed.append(run.info.run_id)

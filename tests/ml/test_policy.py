@@ -95,3 +95,54 @@ def test_no_data_at_all_skips_and_first_data_bootstraps() -> None:
 def test_considered_batches_accumulate() -> None:
     _, state = decide(window(new=("b9",)), CALM, PolicyConfig(), PolicyState(considered_batches=("b1",)), NOW)
     assert state.considered_batches == ("b1", "b9")
+
+
+# -- the policy memory in the lake ------------------------------------------------------------
+def _record(lake, run_key: str, as_of: float, backfill: bool = False) -> dict:  # type: ignore[no-untyped-def]
+    from ml.policy import load_state, record_decision
+
+    state = load_state(lake)
+    win = Window(**{**window(new_images=500).to_dict(), "run_key": run_key})
+    decision, new_state = decide(win, CALM, PolicyConfig(), state, as_of)
+    return record_decision(lake, win, decision, state, new_state, as_of, backfill=backfill)
+
+
+def test_a_backfill_records_its_decision_but_never_writes_the_live_memory(lake) -> None:
+    from ml.policy import load_state
+
+    _record(lake, "live", NOW)
+    before = load_state(lake)
+    backfilled = _record(lake, "backfill__old", NOW - 30 * 24 * HOUR, backfill=True)
+    assert backfilled["retrain"] and backfilled["backfill"] and backfilled["state_after"] is None
+    assert load_state(lake) == before, "cooldown and model age still count from the live run"
+    assert before.last_retrain_at == NOW and before.updated_by == "live"
+
+
+def test_a_rerun_applies_the_memory_a_killed_decide_committed(lake) -> None:
+    from ml import layout
+    from ml.policy import apply_state, load_state, recorded_decision
+
+    _record(lake, "first", NOW)
+    committed = _record(lake, "second", NOW + HOUR)
+    # The kill: decision.json was written, policy.json still holds what "first" left.
+    lake.write_json(layout.state("policy.json"), {**committed["state_after"], "revision": 1, "updated_by": "first"})
+    assert apply_state(lake, recorded_decision(lake, "second")) is True
+    assert load_state(lake).updated_by == "second" and load_state(lake).revision == 2
+    assert apply_state(lake, recorded_decision(lake, "second")) is False, "applied once, never twice"
+
+
+def test_memory_a_later_run_wrote_is_never_overwritten(lake) -> None:
+    from ml.policy import apply_state, load_state
+
+    stale = _record(lake, "a", NOW)
+    _record(lake, "b", NOW + HOUR)
+    assert apply_state(lake, stale) is False
+    assert load_state(lake).updated_by == "b" and load_state(lake).last_retrain_at == NOW + HOUR
+
+
+def test_last_retrain_never_moves_back(lake) -> None:
+    from ml.policy import load_state
+
+    _record(lake, "now", NOW)
+    _record(lake, "late-arrival", NOW - 5 * HOUR)
+    assert load_state(lake).last_retrain_at == NOW

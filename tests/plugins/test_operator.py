@@ -78,3 +78,48 @@ def test_backfill_runs_are_recognised() -> None:
 def test_gate_arguments_for_backfill_runs(run_id: str, params: dict, extra: list[str]) -> None:
     args = CtStepOperator(task_id="gate", step="gate").command_args({"run_id": run_id, "params": params})
     assert args == ["gate", "--run-key", run_key_from_run_id(run_id), *extra]
+
+
+@pytest.mark.parametrize(
+    ("code", "result", "outcome"),
+    [(75, {"error": "MLflow did not answer", "retryable": True}, "StepUnavailable"),
+     (2, {"error": "bad id", "error_type": "UsageError"}, "StepRefused"),
+     (1, {"error": "no data window", "error_type": "CtError"}, "StepFailed")],
+    ids=["outage-retried", "usage-not-retried", "failure"],
+)  # fmt: skip
+def test_exit_codes_map_to_task_outcomes(code: int, result: dict, outcome: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ct_airflow.operators import failure_for
+
+    failure = failure_for("drift", code, result, "")
+    assert type(failure).__name__ == outcome and result["error"] in str(failure)
+    # Only refused arguments skip Airflow's retries; an outage must be retried.
+    assert isinstance(failure, AirflowFailException) == (outcome == "StepRefused")
+
+
+def test_an_unreachable_mlflow_fails_the_try_as_retryable(ct_home, monkeypatch) -> None:
+    from ct_airflow.operators import StepUnavailable
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("CT_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(StepUnavailable, match=r"did not answer.*retryable: exit 75"):
+        CtStepOperator(task_id="drift", step="drift").execute({"run_id": "manual__x", "params": {}})
+
+
+def test_refused_batch_ids_fail_without_retries(ct_home) -> None:
+    from ct_airflow.operators import StepRefused
+
+    with pytest.raises(StepRefused, match="is not a valid id"):
+        CtIngestOperator(task_id="ingest").execute({"run_id": "manual__x", "params": {"batch_ids": ["../etc"]}})
+
+
+def test_backfill_runs_never_write_live_policy_memory() -> None:
+    backfill = CtStepOperator(task_id="decide", step="decide").command_args(
+        {"run_id": "backfill__2026-01-01T03:00:00+00:00", "params": {}}
+    )
+    live = CtStepOperator(task_id="decide", step="decide").command_args(
+        {"run_id": "scheduled__2026-01-01T03:00:00+00:00", "params": {}}
+    )
+    assert backfill[-1] == "--backfill" and "--backfill" not in live

@@ -40,6 +40,15 @@ def test_refuses_everything_else(client, path: str, status: int) -> None:
     assert client.get(path).status_code == status
 
 
+def test_one_corrupt_record_does_not_hide_the_others(client, lake) -> None:
+    lake.write_bytes("state/decisions/20260103T000000-bad.json", b"{truncated")
+    response = client.get("/decisions")
+    assert response.status_code == 200
+    assert [d["run_key"] for d in response.json()] == ["k2", "k"]
+    assert response.headers["X-Ct-Unreadable"] == "1"
+    assert "20260103T000000-bad.json is not valid JSON" in response.headers["X-Ct-Unreadable-First"]
+
+
 def test_requires_an_airflow_login(lake) -> None:
     from ct_airflow.webapp import create_app
 
