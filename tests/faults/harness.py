@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,11 @@ def _child_main(argv: list[str], env: dict[str, str], fault: Fault, out_path: st
 def _call_main(fn: Callable[..., Any], args: tuple[Any, ...], env: dict[str, str], out_path: str) -> None:
     os.environ.clear()
     os.environ.update(env)
-    result = fn(*args)
+    try:
+        result = fn(*args)
+    except BaseException:  # noqa: BLE001 - the child's failure, whatever it is, goes back to the test
+        Path(out_path + ".err").write_text(traceback.format_exc())
+        os._exit(1)
     Path(out_path).write_text(json.dumps(result, default=str))
     os._exit(0)
 
@@ -199,7 +204,9 @@ class Runner:
         child.start()
         child.join(timeout)
         if child.exitcode != 0:
-            raise RuntimeError(f"{fn.__name__}{args} failed in a child (exit {child.exitcode})")
+            error = Path(out_path + ".err")
+            detail = error.read_text()[-3000:] if error.exists() else "no traceback (killed?)"
+            raise RuntimeError(f"{fn.__name__}{args} failed in a child (exit {child.exitcode}):\n{detail}")
         return json.loads(Path(out_path).read_text())
 
 

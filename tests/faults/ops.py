@@ -83,3 +83,23 @@ def snapshot(
         "orphan_models": [m.model_id for m in models if m.model_id not in registered],
         "lease": lake.read_json(generation_key(top)) if top else None,
     }
+
+
+def recompute_gate(run_key: str) -> str:
+    """The decision ml.gate gives on the run's final eval.json: what the recorded decision must equal."""
+    import numpy as np
+
+    from ml import gate
+    from ml.evaluate import eval_key
+
+    settings = load_settings()
+    evaluation = Lake.from_uri(settings.lake_uri).read_json(eval_key(run_key))
+    champion = evaluation["champion"]
+    outcome = gate.decide(
+        np.asarray(evaluation["y_true"]),
+        np.asarray(evaluation["candidate"]["pred"]),
+        np.asarray(champion["pred"]) if champion else None,
+        settings.labels,
+        settings.gate,
+    )
+    return outcome.decision

@@ -1,6 +1,6 @@
 """SIGKILL each step at every write it makes, rerun it, and check that nothing is half done.
 
-For ``gate``, ``rollback``, ``promote`` and ``train`` (``ingest``: wip_ingest_kills.py, not yet verified): a clean run lists the step's write
+For ``gate``, ``rollback``, ``promote`` and ``train`` (``ingest`` is in test_ingest_kills.py): a clean run lists the step's write
 points; then, for every point n, a fresh case is killed just before write n (and once just after
 the last write), the same step is rerun, and the invariants must hold:
 
