@@ -155,8 +155,10 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
         "already_done",
         "backfill",
         "superseded_champions",
+        "spending",
+        "power",
     )
-    summary = {k: record[k] for k in keep}
+    summary = {k: record.get(k) for k in keep}
     summary["candidate_accuracy"] = record["metrics"]["candidate"]["accuracy"]
     summary["champion_accuracy"] = (record["metrics"].get("champion") or {}).get("accuracy")
     summary["p_value"] = record["checks"].get("significance", {}).get("p_value")

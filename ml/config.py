@@ -136,9 +136,17 @@ class TrainConfig(_Section):
 class GateConfig(_Section):
     primary_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     margin: float = Field(0.0, ge=0, description="Candidate must beat the champion by more than this")
-    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test")
-    recall_epsilon: float = Field(0.05, ge=0, le=1, description="Largest allowed per-class recall drop")
-    min_support: int = Field(10, ge=1, description="Classes with fewer eval rows cannot veto")
+    alpha: float = Field(
+        0.005, gt=0, lt=1, description="Error budget of one champion's reign, spent over its challengers"
+    )
+    recall_epsilon: float = Field(0.025, ge=0, le=1, description="Largest allowed per-class recall drop")
+    guard_alpha: float = Field(
+        0.5, gt=0, lt=1, description="Most a guard may veto candidates whose every class lost exactly epsilon (Holm)"
+    )
+    min_support: int = Field(50, ge=1, description="Classes with fewer eval rows are listed as not guarded")
+    max_unguarded_drop: float | None = Field(
+        None, ge=0, le=1, description="Reject any observed recall drop above this on a class that is not guarded"
+    )
     floor_accuracy: float = Field(0.8, ge=0, le=1, description="Absolute floor for the first model")
     eval_recent_batches: int = Field(3, ge=1, description="Test splits of this many newest batches form the eval set")
     golden_set: str | None = Field(

@@ -32,14 +32,16 @@ def eval_key(run_key: str) -> str:
 
 def eval_rows(lake: Lake, settings: Settings, window: Window) -> Split:
     """The evaluation rows of a window: test splits of its newest batches, plus the golden set if any."""
-    rows = load_split(lake, window.eval_batches, "test", settings.labels)
+    recent = load_split(lake, window.eval_batches, "test", settings.labels)
+    rows = Split(recent.images, recent.labels, recent.rows.assign(source="recent"))
     golden = settings.gate.golden_set
     if golden:
         if not lake.exists(layout.manifest(golden, layout.GOLDEN)):
             raise CtError(
                 f"gate.golden_set={golden!r} but {lake.uri(layout.manifest(golden, layout.GOLDEN))} is missing"
             )
-        rows = concat(rows, load_split(lake, [golden], None, settings.labels, root=layout.GOLDEN))
+        frozen = load_split(lake, [golden], None, settings.labels, root=layout.GOLDEN)
+        rows = concat(rows, Split(frozen.images, frozen.labels, frozen.rows.assign(source="golden")))
     return rows
 
 

@@ -5,10 +5,12 @@ Every decision has exactly one **commit point**: its record object,
 for a rollback or forced promotion. The protocol:
 
 1. Decide (pure functions in :mod:`ml.gate`). A decision that moves nothing is committed at once.
-2. A move is decided under the promotion lease (:mod:`ml.lease`): re-read ``@champion``; if it moved
-   since the evaluation, score the new champion on the same rows and decide again (at most
-   ``gate.max_reevaluations`` times, then fail with nothing recorded). Otherwise write the intent into
-   the lease, check the fence, **commit the record**, check the fence, move the alias.
+2. A live gate against a champion, and any move, is decided under the promotion lease
+   (:mod:`ml.lease`): re-read ``@champion``; if it moved since the evaluation, score the new champion
+   on the same rows and decide again (at most ``gate.max_reevaluations`` times, then fail with
+   nothing recorded). A live gate then claims its share of the champion's error budget
+   (:mod:`ml.reign`) and decides at that level. A move writes the intent into the lease, checks the
+   fence, **commits the record**, checks the fence, moves the alias and starts the new reign.
 3. Finish (idempotent): ``gate.md``, the history entry (its key is derived from the record, so it is
    written once) and the tags on the version.
 
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ml import gate, layout, registry
+from ml import gate, layout, registry, reign
 from ml.config import Settings
 from ml.errors import ChampionChanged, CorruptState, CtError
 from ml.evaluate import eval_key, rescore_champion
@@ -103,21 +105,53 @@ def history(lake: Lake, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 # -- rendering --------------------------------------------------------------------------------
+def _num(value: Any) -> str:
+    """Numbers for people: four significant digits, p-values in scientific notation when tiny."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else ("yes" if value else "no")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4g}"
+    return str(value)
+
+
 def render_markdown(record: dict[str, Any]) -> str:
     lines = [f"# Gate decision for run `{record['run_key']}`: **{record['decision'].upper()}**", ""]
     lines += [f"- {reason}" for reason in record["reasons"]]
     champion = record.get("champion_version")
     lines += ["", f"Candidate: v{record['candidate_version']}  ", f"Champion: {('v' + champion) if champion else 'none'}  ",
               f"Evaluation rows: {record['eval_rows']} from {', '.join(record['eval_batches'])}", ""]  # fmt: skip
+    power = record.get("power")
+    if power:
+        lines += [f"**What this evaluation could see:** {power['sentence']}."]
+        if power.get("advice"):
+            lines += ["", f"**Not significant:** {power['advice']}."]
+        lines.append("")
+    spending = record.get("spending")
+    if spending:
+        lines += [
+            f"**Error budget:** challenge {spending['k']} of v{spending['champion_version']}'s reign, tested at "
+            f"alpha {_num(spending['alpha'])} ({spending['rule']}); {_num(spending['left'])} of "
+            f"{_num(spending['budget'])} left{'' if spending['consumed'] else ' (nothing spent: backfill)'}.",
+            "",
+        ]
     lines += ["| check | passed | detail |", "|---|---|---|"]
     for name, check in record.get("checks", {}).items():
-        detail = {k: v for k, v in check.items() if k not in ("passed", "classes")}
-        lines.append(f"| {name} | {check.get('passed')} | `{detail}` |")
-    cand = record["metrics"]["candidate"]["per_class"]
-    champ = (record["metrics"].get("champion") or {}).get("per_class", {})
-    lines += ["", "| class | support | champion recall | candidate recall |", "|---|---|---|---|"]
-    for label, row in cand.items():
-        lines.append(f"| {label} | {row['support']} | {champ.get(label, {}).get('recall')} | {row['recall']} |")
+        detail = ", ".join(f"{k} {_num(v)}" for k, v in check.items()
+                           if k not in ("passed", "classes", "unguarded") and not isinstance(v, dict | list))  # fmt: skip
+        lines.append(f"| {name} | {_num(check.get('passed'))} | {detail} |")
+    classes = record.get("checks", {}).get("non_inferiority", {}).get("classes")
+    if classes:
+        lines += ["", "| class | support | champion recall | candidate recall | drop | guarded | p-value | vetoes |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row in classes:
+            guarded = "yes" if row["guarded"] else row.get("note", "no")
+            lines.append(
+                f"| {row['label']} | {row['support']} | {_num(row['champion_recall'])} | "
+                f"{_num(row['candidate_recall'])} | {_num(row['drop'])} | {guarded} | {_num(row['p_value'])} | "
+                f"{_num(row['vetoes'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -128,19 +162,22 @@ def _intent(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_move(mlflow_client: MlflowClient, settings: Settings, record: dict[str, Any], lease: Lease) -> None:
-    """Make ``@champion`` reflect a committed move: compare-and-set on the champion the record saw."""
+    """Make ``@champion`` reflect a committed move: compare-and-set on the champion the record saw.
+
+    The move's last step begins the new champion's reign (a fresh error budget, :mod:`ml.reign`).
+    """
     target, expected = str(record["candidate_version"]), record["champion_version"]
     current = registry.champion_version(mlflow_client, settings.model_name)
-    if current == target:
-        return
-    if current != expected:
+    if current != target and current != expected:
         # Committed moves are finished before anyone else can move the alias, so this one was
         # applied and a later decision has superseded it.
         log.info("@%s is v%s: %s's move to v%s was applied and later superseded", registry.CHAMPION, current,
                  record["run_key"], target)  # fmt: skip
         return
-    lease.check()
-    registry.set_champion(mlflow_client, settings.model_name, target)
+    if current != target:
+        lease.check()
+        registry.set_champion(mlflow_client, settings.model_name, target)
+    reign.start(lease.lake, lease, target, float(record["decided_at"]), record_key(record))
 
 
 def finish(lake: Lake, settings: Settings, mlflow_client: MlflowClient, record: dict[str, Any]) -> None:
@@ -203,6 +240,11 @@ def complete(lake: Lake, settings: Settings, mlflow_client: MlflowClient, record
     finish(lake, settings, mlflow_client, record)
 
 
+def _golden_mask(evaluation: dict[str, Any]) -> np.ndarray | None:
+    source = (evaluation.get("rows") or {}).get("source")
+    return None if source is None else np.asarray(source) == "golden"
+
+
 def _outcome_record(
     evaluation: dict[str, Any],
     settings: Settings,
@@ -210,6 +252,7 @@ def _outcome_record(
     dag_id: str,
     backfill: bool,
     allow_backfill_promote: bool,
+    spending: dict[str, Any] | None,
 ) -> dict[str, Any]:
     y_true = np.asarray(evaluation["y_true"], dtype=np.int64)
     candidate = evaluation["candidate"]
@@ -221,7 +264,15 @@ def _outcome_record(
         settings.labels,
         settings.gate,
         candidate_cost=candidate.get("cost"),
+        alpha=spending["alpha"] if spending else None,
+        golden=_golden_mask(evaluation),
     )
+    if spending:
+        outcome.reasons.append(
+            f"challenge {spending['k']} of v{spending['champion_version']}'s reign: tested at alpha "
+            f"{spending['alpha']:.3g}, {spending['left']:.3g} of {spending['budget']:g} left"
+            + ("" if spending["consumed"] else " (a backfill spends none of it)")
+        )
     if backfill and not allow_backfill_promote:
         # The evidence is still computed and recorded; only the alias stays where it is.
         outcome.reasons.insert(0, f"backfill runs do not promote (the evidence said {outcome.decision})")
@@ -252,6 +303,8 @@ def _outcome_record(
         "cost": {"candidate": candidate.get("cost"), "champion": (champion or {}).get("cost")},
         "metrics": {"candidate": outcome.candidate, "champion": outcome.champion},
         "checks": outcome.checks,
+        "power": outcome.power,
+        "spending": spending,
         "thresholds": outcome.thresholds,
     }
 
@@ -286,20 +339,9 @@ def run_gate(
     evaluation = lake.read_json(eval_key(run_key))
     attempts = settings.gate.max_reevaluations + 1
     for attempt in range(1, attempts + 1):
-        record = _outcome_record(evaluation, settings, run_key, dag_id, backfill, allow_backfill_promote)
-        if record["decision"] != "promote":
-            lake.write_json(key, record)  # the commit point
-            break
         try:
-            with _lease(lake, settings, mlflow_client, owner=f"{dag_id}/{run_key}") as lease:
-                current = registry.champion_version(mlflow_client, settings.model_name)
-                if current not in (record["champion_version"], record["candidate_version"]):
-                    raise ChampionChanged(
-                        f"@{registry.CHAMPION} moved from v{record['champion_version']} to v{current} "
-                        f"while {run_key} was evaluated",
-                        current=current,
-                    )
-                _commit_move(lake, settings, mlflow_client, record, lease)
+            record = _decide_and_commit(lake, settings, mlflow_client, evaluation, run_key, dag_id, backfill,
+                                        allow_backfill_promote)  # fmt: skip
             break
         except ChampionChanged as changed:
             if attempt == attempts:
@@ -312,6 +354,48 @@ def run_gate(
     finish(lake, settings, mlflow_client, record)
     log.info("gate %s: %s (%s)", run_key, record["decision"], "; ".join(record["reasons"]))
     return _result(lake, record, already_done=False)
+
+
+def _decide_and_commit(
+    lake: Lake,
+    settings: Settings,
+    mlflow_client: MlflowClient,
+    evaluation: dict[str, Any],
+    run_key: str,
+    dag_id: str,
+    backfill: bool,
+    allow_backfill_promote: bool,
+) -> dict[str, Any]:
+    """Decide and commit once. A live test against a champion claims its level under the lease."""
+    key = gate_key(dag_id, run_key)
+    champion = evaluation.get("champion")
+    evaluated = champion["version"] if champion else None
+    live_test = champion is not None and not backfill
+    alpha = settings.gate.alpha
+    record: dict[str, Any] = {}
+    if not live_test:
+        spending = reign.peek(lake, evaluated, alpha) if evaluated is not None else None
+        record = _outcome_record(evaluation, settings, run_key, dag_id, backfill, allow_backfill_promote, spending)
+        if record["decision"] not in MOVES:
+            lake.write_json(key, record)  # the commit point
+            return record
+    with _lease(lake, settings, mlflow_client, owner=f"{dag_id}/{run_key}") as lease:
+        current = registry.champion_version(mlflow_client, settings.model_name)
+        if current != evaluated:
+            raise ChampionChanged(
+                f"@{registry.CHAMPION} moved from v{evaluated} to v{current} while {run_key} was evaluated",
+                current=current,
+            )
+        if live_test:
+            spending = reign.claim(lake, lease, str(evaluated), run_key, alpha)
+            record = _outcome_record(evaluation, settings, run_key, dag_id, backfill, allow_backfill_promote,
+                                     spending)  # fmt: skip
+        if record["decision"] in MOVES:
+            _commit_move(lake, settings, mlflow_client, record, lease)
+        else:
+            lease.check()
+            lake.write_json(key, record)  # the commit point
+    return record
 
 
 def run_override(

@@ -86,14 +86,17 @@ def snapshot(
 
 
 def recompute_gate(run_key: str) -> str:
-    """The decision ml.gate gives on the run's final eval.json: what the recorded decision must equal."""
+    """The decision ml.gate gives on the run's final eval.json at the level its record claimed:
+    what the recorded decision must equal."""
     import numpy as np
 
     from ml import gate
     from ml.evaluate import eval_key
 
     settings = load_settings()
-    evaluation = Lake.from_uri(settings.lake_uri).read_json(eval_key(run_key))
+    lake = Lake.from_uri(settings.lake_uri)
+    evaluation = lake.read_json(eval_key(run_key))
+    spending = lake.read_json(layout.report(layout.RETRAIN_DAG, run_key, "gate.json")).get("spending")
     champion = evaluation["champion"]
     outcome = gate.decide(
         np.asarray(evaluation["y_true"]),
@@ -101,5 +104,6 @@ def recompute_gate(run_key: str) -> str:
         np.asarray(champion["pred"]) if champion else None,
         settings.labels,
         settings.gate,
+        alpha=spending["alpha"] if spending else None,
     )
     return outcome.decision

@@ -130,3 +130,61 @@ def test_golden_set_joins_every_evaluation(run_step, weak_champion, write_batch,
     golden_rows = [b for b in record["rows"]["batch_id"] if b == "frozen"]
     assert len(golden_rows) == 200, "every golden row, whatever its split"
     assert evaluated["rows"] == len(record["y_true"]) > 200
+
+
+def reign_now() -> dict:
+    from ml.reign import reign_key
+    from ml.storage import Lake
+
+    return Lake.from_uri(load_settings().lake_uri).read_json(reign_key())
+
+
+def test_live_challenges_spend_the_reign_budget_and_a_move_starts_a_new_one(
+    run_step, weak_champion, write_batch, monkeypatch
+) -> None:
+    from ml import stats
+    from ml.lease import promotion_lease
+    from ml.reign import claim
+    from ml.storage import Lake
+
+    alpha = load_settings().gate.alpha
+    first = reign_now()
+    assert first["champion_version"] == "1" and first["challenges"] == []
+    assert first["started_by"] == layout.report(layout.RETRAIN_DAG, "r1", "gate.json")
+
+    write_batch("b2", 500, 400)
+    run_step("ingest")
+    with monkeypatch.context() as patch:  # two candidates no better than the weak champion
+        patch.setenv("CT_TRAIN__EPOCHS", "1")
+        patch.setenv("CT_TRAIN__LR", "1e-6")
+        candidate(run_step, "r2")
+        candidate(run_step, "backfill-r3")
+    # r2's gate claims its challenge and is killed before it decides: its rerun decides at that level.
+    lake = Lake.from_uri(load_settings().lake_uri)
+    with promotion_lease(lake, "test (a gate killed after its claim)", lambda intent, lease: None) as lease:
+        claimed = claim(lake, lease, "1", "r2", alpha)
+    rejected = run_step("gate", "--run-key", "r2")
+    assert rejected["decision"] == "reject" and rejected["spending"] == claimed
+    assert claimed["k"] == 1 and claimed["alpha"] == pytest.approx(stats.alpha_for(alpha, 1)) and claimed["consumed"]
+    assert claimed["left"] == pytest.approx(alpha - stats.alpha_for(alpha, 1))
+    assert "challenge 1 of v1's reign: tested at alpha 0.00304" in " ".join(rejected["reasons"])
+    assert run_step("gate", "--run-key", "r2")["spending"]["k"] == 1, "a rerun spends nothing more"
+
+    backfill = run_step("gate", "--run-key", "backfill-r3", "--backfill")
+    assert backfill["spending"]["k"] == 2 and backfill["spending"]["consumed"] is False
+    assert [c["run_key"] for c in reign_now()["challenges"]] == ["r2"], "backfills spend nothing"
+
+    candidate(run_step, "r4")  # a normally trained model: far better than the weak champion
+    promoted = run_step("gate", "--run-key", "r4")
+    assert promoted["decision"] == "promote" and promoted["spending"]["k"] == 2
+    assert promoted["power"]["sentence"].startswith(f"with {promoted['eval_rows']} paired rows")
+    reign = reign_now()
+    assert reign["champion_version"] == promoted["candidate_version"] and reign["challenges"] == []
+    assert reign["started_by"] == layout.report(layout.RETRAIN_DAG, "r4", "gate.json")
+
+    run_step("rollback", "--to", "1", "--reason", "the new model confuses ones and sevens", "--run-key", "ops-9")
+    reign = reign_now()
+    assert reign["champion_version"] == "1" and reign["challenges"] == [], "a rollback starts a new reign"
+    assert reign["started_by"] == layout.report(layout.OPS_DAG, "ops-9", "decision.json")
+    report = (load_settings().home / "lake" / layout.report(layout.RETRAIN_DAG, "r2", "gate.md")).read_text()
+    assert "**What this evaluation could see:** with" in report and "**Error budget:** challenge 1 of v1" in report
