@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) bench/dag_parse.py
 	$(PY) bench/validate_drift.py
 	$(PY) bench/exit_stress.py
+	$(PY) bench/gate_power.py
+	$(PY) bench/drift_power.py
 
 clean:
 	rm -rf .ct .pytest_cache .mypy_cache .ruff_cache

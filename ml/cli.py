@@ -92,6 +92,7 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
         "new_batches": window.new_batches,
         "new_images": window.new_images,
         "drift_detected": verdict["drift_detected"],
+        "fired_detectors": verdict.get("fired_detectors", []),
         "drifted_features": verdict.get("drifted_features", []),
         "drifted_share": verdict.get("drifted_share"),
         "quality": verdict.get("quality"),

@@ -91,23 +91,28 @@ class IngestConfig(_Section):
 
 
 class DriftConfig(_Section):
-    features: tuple[str, ...] = ("mean", "std", "bright", "width", "height", "label")
-    # Distances, not p-values: on windows of hundreds of rows and up, p-value tests flag differences
-    # too small to matter. Normed Wasserstein is in units of the reference's standard deviation.
-    num_method: str = "wasserstein"
-    num_threshold: float = Field(0.3, gt=0)
-    cat_method: str = "jensenshannon"
-    cat_threshold: float = Field(
-        0.2, gt=0, description="Jensen-Shannon distance; two clean 300-row samples of 10 classes differ by up to ~0.14"
+    """Three detectors (image statistics, label mix, embeddings), each with thresholds calibrated on the reference."""
+
+    features: tuple[str, ...] = Field(
+        ("mean", "std", "bright", "min", "max", "width", "height", "label"),
+        description="Manifest columns compared: 'label' by Jensen-Shannon distance, the rest by normed Wasserstein",
     )
-    per_column_method: dict[str, str] = Field(default_factory=dict)
-    per_column_threshold: dict[str, float] = Field(default_factory=dict)
-    drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted image statistics that flags the window")
+    false_alarm_rate: float = Field(
+        0.02, gt=0, lt=0.5,
+        description="Chance that a window with no real shift is flagged; split evenly across the three detectors, "
+        "then across the usable image statistics",
+    )  # fmt: skip
+    null_resamples: int = Field(
+        1000, ge=100, description="Seeded resamples of the reference that calibrate each threshold"
+    )
+    min_wasserstein: float = Field(
+        0.1, ge=0, description="Image statistics never fire below this normed Wasserstein (reference SDs), however "
+        "large the window: a calibrated threshold alone flags trivial shifts on huge windows",
+    )  # fmt: skip
+    min_jensenshannon: float = Field(0.05, ge=0, description="Likewise for the label mix's Jensen-Shannon distance")
     embeddings: bool = Field(True, description="Also compare the champion's penultimate-layer embeddings")
-    embedding_method: Literal["mmd", "model", "distance", "ratio"] = "mmd"
-    embedding_threshold: float = Field(0.015, gt=0, description="mmd: squared MMD; model: ROC AUC; distance/ratio")
     embedding_max_rows: int = Field(1000, ge=50, description="Rows per side for embeddings (MMD is quadratic)")
-    max_rows: int = Field(20_000, ge=100, description="Rows sampled per side; p-value tests over-flag huge windows")
+    max_rows: int = Field(20_000, ge=100, description="Rows sampled per side for the manifest columns")
     seed: int = 0
 
 

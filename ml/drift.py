@@ -1,7 +1,35 @@
-"""Drift: an Evidently report comparing the new batches with what the champion was trained on.
+"""Drift: does the new data still look like what the champion was trained on?
 
-Outputs ``reports/ct_retrain/<run_key>/drift.json`` (verdict, share, and every per-feature score,
-kept even when below threshold so trends can be plotted) and ``drift.html``.
+Three detectors compare the window's new batches with the champion's batches (the manifests of
+every split; the embeddings of its val/test rows, which it never trained on). Each can flag the
+window on its own; ``drift_detected`` is their OR:
+
+* ``image_stats``: each image statistic in ``drift.features`` (mean, std, bright, min, max, ...)
+  is scored with Evidently's normed Wasserstein distance (W1 over the reference's SD). One usable
+  statistic past its own threshold fires the detector; there is no share rule. A statistic that is
+  constant in the reference and in the window (width and height from a uniform source) is set
+  aside, so it dilutes nothing; one that is constant in the reference but not in the window fires.
+* ``label``: Evidently's Jensen-Shannon distance of the class mix (``label``), or the largest
+  change of one class's share in standard errors (``class_share``), which sees one or two classes
+  surging with more power than a distance spread over every class. Either one fires the detector.
+* ``embeddings``: the unbiased squared MMD (RBF kernel, median-heuristic bandwidth) between the
+  champion's penultimate-layer embeddings of the new rows and of the reference rows. It is stored
+  unclipped, so a quiet window can score below zero and trends stay visible.
+
+No threshold is a fixed number. Each is calibrated on the reference for the window's size from
+``drift.null_resamples`` seeded resamples of the score when nothing changed (windows drawn from the
+reference; for the labels, multinomial draws from its class shares; for MMD, random splits of the
+reference embeddings), as the ``1 - alpha`` quantile of a three-moment (Pearson III) fit to them.
+``drift.false_alarm_rate`` is split evenly across the three detectors, then across the usable
+image statistics or the two label statistics (Bonferroni), so a window with no real shift is flagged
+with at most that probability. Tabular thresholds never fall below ``drift.min_wasserstein`` /
+``drift.min_jensenshannon``: on huge windows a calibrated threshold alone flags trivial shifts.
+
+The tabular scores are computed directly here (the same numbers Evidently reports; a test holds
+them equal), and Evidently's Report runs on the same sampled rows with the calibrated thresholds
+for ``drift.html``. ``reports/ct_retrain/<run_key>/drift.json`` holds the verdict, each detector
+(fired, statistic, threshold, ratio score/threshold, the features that fired) and every
+per-feature score, kept below threshold too so trends can be plotted.
 """
 
 from __future__ import annotations
@@ -14,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ml import layout
 from ml.config import DriftConfig, Settings
@@ -25,6 +54,19 @@ log = logging.getLogger(__name__)
 
 CATEGORICAL = ("label",)
 EMBEDDINGS = "embeddings"
+IMAGE_STATS = "image_stats"
+DETECTORS = (IMAGE_STATS, "label", EMBEDDINGS)
+STATISTICS = {
+    IMAGE_STATS: "normed Wasserstein distance (Evidently 'wasserstein': W1 / reference SD)",
+    "label": "Jensen-Shannon distance of the class mix (Evidently 'jensenshannon'), or the largest class-share "
+    "change in standard errors",
+    EMBEDDINGS: "unbiased squared MMD, RBF kernel, median-heuristic bandwidth",
+}
+NORM_FLOOR = 0.001  # Evidently's floor on the reference SD in the normed Wasserstein distance
+CALIBRATION_ROWS = 5000  # reference rows that stand for its distribution when resampling
+# Evidently's verdict is score >= threshold: a constant column (score 0 when unchanged) needs a
+# threshold above zero in the HTML report.
+CONSTANT_THRESHOLD = 1e-9
 
 
 def manifests(lake: Lake, batch_ids: list[str], split: str | None = None) -> pd.DataFrame:
@@ -35,102 +77,411 @@ def manifests(lake: Lake, batch_ids: list[str], split: str | None = None) -> pd.
     return frame
 
 
-def _is_drifted(method: str, value: float, threshold: float) -> bool:
-    # p-value tests flag drift below the threshold; distances at or above it.
-    return value < threshold if "p_value" in method else value >= threshold
+def detector_alpha(cfg: DriftConfig) -> float:
+    """Each detector's share of the false-alarm rate; fixed, so a detector's threshold does not depend on the others."""
+    return cfg.false_alarm_rate / len(DETECTORS)
+
+
+def null_quantile(null: np.ndarray, level: float) -> float:
+    """The ``level`` quantile of a null sample, from a three-moment (Pearson III) fit.
+
+    A few hundred resamples put only a handful of points beyond a 0.1% quantile; a fit of the mean,
+    SD and skew is far steadier there, and for these scores slightly conservative.
+    """
+    mean, sd = float(null.mean()), float(null.std(ddof=1))
+    if not np.isfinite(sd) or sd <= 0:
+        return float(null.max())
+    skew = float(stats.skew(null))
+    return float(stats.pearson3.ppf(level, skew, loc=mean, scale=sd))
+
+
+def judged(score: float, calibrated: dict[str, float]) -> dict[str, Any]:
+    """A score against its calibrated threshold: the ratio (None for a zero threshold) and the verdict."""
+    threshold = calibrated["threshold"]
+    return {"score": score, "threshold": threshold, "ratio": score / threshold if threshold > 0 else None,
+            "drifted": bool(score > threshold), "false_alarm_rate": calibrated["false_alarm_rate"]}  # fmt: skip
+
+
+# --- image statistics: normed Wasserstein ---------------------------------------------------------
+
+
+def normed_wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
+    """Evidently's ``wasserstein`` score: W1 over the reference's population SD, floored at 0.001."""
+    norm = max(float(np.std(reference)), NORM_FLOOR)
+    return float(stats.wasserstein_distance(reference, current) / norm)
+
+
+def _resample_counts(rows: int, draws: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``rows`` rows is drawn in ``draws`` draws with replacement, per resample (resamples x rows)."""
+    if draws >= rows:
+        return rng.multinomial(draws, np.full(rows, 1.0 / rows), size=resamples).astype(np.int32)
+    picks = rng.integers(0, rows, size=(resamples, draws)) + (np.arange(resamples) * rows)[:, None]
+    return np.bincount(picks.ravel(), minlength=resamples * rows).reshape(resamples, rows).astype(np.int32)
+
+
+def wasserstein_nulls(
+    reference: pd.DataFrame, current_rows: int, resamples: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Null samples of each column's normed Wasserstein score for a window of ``current_rows``.
+
+    Each resample draws a window from the reference (at most ``CALIBRATION_ROWS`` of it) with
+    replacement and scores it against the reference, as Evidently would. A window drawn from the
+    reference sits closer to it than an independent one: W1 between samples of n and m rows scales
+    as sqrt(1/n + 1/m), so the scores are scaled by sqrt(1 + n/m) to stand for two independent
+    samples. The same draws serve every column.
+    """
+    grid = reference
+    if len(reference) > CALIBRATION_ROWS:
+        grid = reference.iloc[rng.choice(len(reference), CALIBRATION_ROWS, replace=False)]
+    counts = _resample_counts(len(grid), current_rows, resamples, rng)
+    scale = np.sqrt(1.0 + current_rows / len(reference))
+    # float32 halves the work; the CDFs need far fewer than its 7 digits.
+    reference_cdf = (np.arange(1, len(grid)) / len(grid)).astype(np.float32)
+    nulls = {}
+    for column in grid.columns:
+        values = grid[column].to_numpy(dtype=np.float64)
+        order = np.argsort(values, kind="stable")
+        gaps = np.diff(values[order]).astype(np.float32)
+        current_cdf = np.cumsum(counts[:, order], axis=1, dtype=np.int32)[:, :-1] * np.float32(1.0 / current_rows)
+        norm = max(float(np.std(reference[column].to_numpy(dtype=np.float64))), NORM_FLOOR)
+        nulls[column] = (np.abs(current_cdf - reference_cdf) @ gaps).astype(np.float64) / norm * scale
+    return nulls
+
+
+def _is_constant(values: pd.Series) -> bool:
+    return bool(values.nunique(dropna=False) <= 1)
+
+
+def image_stat_thresholds(reference: pd.DataFrame, current_rows: int, cfg: DriftConfig) -> dict[str, dict[str, float]]:
+    """Calibrated threshold of each image statistic that varies in the reference, for a window of ``current_rows``."""
+    usable = [column for column in reference.columns if not _is_constant(reference[column])]
+    if not usable:
+        return {}
+    alpha = detector_alpha(cfg) / len(usable)
+    rng = np.random.default_rng([cfg.seed, 0])
+    nulls = wasserstein_nulls(reference[usable], current_rows, cfg.null_resamples, rng)
+    return {
+        column: {"threshold": max(null_quantile(nulls[column], 1.0 - alpha), cfg.min_wasserstein),
+                 "false_alarm_rate": alpha}
+        for column in usable
+    }  # fmt: skip
+
+
+def image_stat_features(
+    current: pd.DataFrame, reference: pd.DataFrame, thresholds: dict[str, dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """Score and verdict of each image statistic (the ``image_stats`` detector's inputs)."""
+    results: dict[str, dict[str, Any]] = {}
+    for column in reference.columns:
+        ref = reference[column].to_numpy(dtype=np.float64)
+        cur = current[column].to_numpy(dtype=np.float64)
+        score = normed_wasserstein(ref, cur)
+        entry: dict[str, Any] = {"detector": IMAGE_STATS, "method": "wasserstein", "score": score}
+        if column in thresholds:
+            results[column] = {**entry, **judged(score, thresholds[column])}
+        else:
+            # Nothing to calibrate: the reference never varies, so any difference is a change of source.
+            differs = float(np.mean(cur != ref[0]))
+            results[column] = {**entry, "threshold": 0.0, "ratio": None, "drifted": differs > 0,
+                               "constant": "reference" if differs > 0 else "both", "reference_value": float(ref[0]),
+                               "share_differing": differs}  # fmt: skip
+    return results
+
+
+# --- labels: Jensen-Shannon -------------------------------------------------------------------------
+
+
+def _js_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise Jensen-Shannon distance (natural log, as scipy and Evidently) of share vectors."""
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = np.where(p > 0, p * np.log(p / m), 0.0)
+        right = np.where(q > 0, q * np.log(q / m), 0.0)
+    return np.sqrt(np.maximum((left + right).sum(axis=-1) / 2, 0.0))
+
+
+def _shares(reference: pd.Series, current: pd.Series) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    keys = sorted(set(reference.dropna()) | set(current.dropna()), key=str)
+    ref = reference.value_counts().reindex(keys, fill_value=0).to_numpy(dtype=np.float64)
+    cur = current.value_counts().reindex(keys, fill_value=0).to_numpy(dtype=np.float64)
+    return keys, ref / ref.sum(), cur / cur.sum()
+
+
+def label_distance(reference: pd.Series, current: pd.Series) -> float:
+    """Evidently's ``jensenshannon`` score of a categorical column: JS distance of the class shares."""
+    _, ref, cur = _shares(reference, current)
+    return float(_js_distance(ref, cur))
+
+
+def _class_z(ref: np.ndarray, cur: np.ndarray, reference_rows: int, current_rows: int) -> np.ndarray:
+    """Each class's share change in standard errors (two-proportion z, pooled shares); rows are windows."""
+    pooled = (ref * reference_rows + cur * current_rows) / (reference_rows + current_rows)
+    se = np.sqrt(pooled * (1.0 - pooled) * (1.0 / reference_rows + 1.0 / current_rows))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(se > 0, np.abs(cur - ref) / se, 0.0)
+
+
+def _label_nulls(reference: pd.Series, current_rows: int, cfg: DriftConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Null samples of the JS distance and of the largest class z: both sides drawn from the reference's shares."""
+    shares = reference.value_counts(normalize=True).to_numpy(dtype=np.float64)
+    rng = np.random.default_rng([cfg.seed, 1])
+    draw_ref = rng.multinomial(len(reference), shares, size=cfg.null_resamples) / len(reference)
+    draw_cur = rng.multinomial(current_rows, shares, size=cfg.null_resamples) / current_rows
+    return _js_distance(draw_ref, draw_cur), _class_z(draw_ref, draw_cur, len(reference), current_rows).max(axis=1)
+
+
+def label_thresholds(reference: pd.Series, current_rows: int, cfg: DriftConfig) -> dict[str, dict[str, float]]:
+    """Calibrated thresholds of ``label`` (JS distance) and ``class_share`` (largest class z) for ``current_rows``.
+
+    Each gets half the detector's false-alarm rate. Each fit is on the squared statistic (near a
+    scaled chi-square), then square-rooted.
+    """
+    alpha = detector_alpha(cfg) / 2
+    js_null, z_null = _label_nulls(reference, current_rows, cfg)
+
+    def threshold(null: np.ndarray, floor: float) -> dict[str, float]:
+        fitted = float(np.sqrt(max(null_quantile(null**2, 1.0 - alpha), 0.0)))
+        return {"threshold": max(fitted, floor), "false_alarm_rate": alpha}
+
+    return {"label": threshold(js_null, cfg.min_jensenshannon), "class_share": threshold(z_null, 0.0)}
+
+
+def label_features(
+    current: pd.Series, reference: pd.Series, thresholds: dict[str, dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """Scores and verdicts of the class mix (the ``label`` detector); either statistic is enough to fire.
+
+    ``label`` is Evidently's Jensen-Shannon distance of the whole mix; ``class_share`` is the
+    largest change of one class's share, in standard errors, which sees one or two classes surging
+    (the common case) with more power than a distance spread over every class.
+    """
+    keys, ref, cur = _shares(reference, current)
+    js = float(_js_distance(ref, cur))
+    z = _class_z(ref, cur, len(reference), len(current))
+    top = int(np.argmax(z))
+    return {
+        "label": {"detector": "label", "method": "jensenshannon", **judged(js, thresholds["label"])},
+        "class_share": {"detector": "label", "method": "largest class-share change, in standard errors",
+                        **judged(float(z[top]), thresholds["class_share"]), "class": str(keys[top]),
+                        "share": float(cur[top]), "reference_share": float(ref[top])},
+    }  # fmt: skip
+
+
+def _numeric(cfg: DriftConfig) -> list[str]:
+    return [f for f in cfg.features if f not in CATEGORICAL]
+
+
+def tabular_thresholds(reference: pd.DataFrame, current_rows: int, cfg: DriftConfig) -> dict[str, dict[str, float]]:
+    """Every calibrated threshold of the manifest columns.
+
+    They depend only on the reference, the window's size and the seed, so one set serves many
+    windows of one size.
+    """
+    thresholds = image_stat_thresholds(reference[_numeric(cfg)], current_rows, cfg)
+    if "label" in cfg.features:
+        thresholds.update(label_thresholds(reference["label"].astype(str), current_rows, cfg))
+    return thresholds
+
+
+def tabular_features(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    cfg: DriftConfig,
+    thresholds: dict[str, dict[str, float]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every configured manifest column, scored and judged directly (no Evidently Report: it takes seconds)."""
+    if thresholds is None:
+        thresholds = tabular_thresholds(reference, len(current), cfg)
+    features = image_stat_features(current[_numeric(cfg)], reference[_numeric(cfg)], thresholds)
+    if "label" in cfg.features:
+        features.update(label_features(current["label"].astype(str), reference["label"].astype(str), thresholds))
+    return features
+
+
+def _sample(frame: pd.DataFrame, cfg: DriftConfig) -> pd.DataFrame:
+    frame = frame[list(cfg.features)]
+    return frame.sample(cfg.max_rows, random_state=cfg.seed) if len(frame) > cfg.max_rows else frame
 
 
 def compare(current: pd.DataFrame, reference: pd.DataFrame, cfg: DriftConfig) -> tuple[dict[str, Any], Any]:
-    """Run Evidently on the configured features; returns (verdict dict, the Evidently snapshot)."""
+    """Score the manifest columns, then run Evidently on the same rows with the calibrated thresholds.
+
+    Returns (verdict dict, the Evidently snapshot). Evidently's number for each column is stored
+    beside ours as ``evidently_score``; they agree (a test checks it), and a disagreement is logged.
+    """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    features = list(cfg.features)
-    numeric = [f for f in features if f not in CATEGORICAL]
-    categorical = [f for f in features if f in CATEGORICAL]
-
-    def sample(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame[features]
-        return frame.sample(cfg.max_rows, random_state=cfg.seed) if len(frame) > cfg.max_rows else frame
-
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    current, reference = _sample(current, cfg), _sample(reference, cfg)
+    current = current.astype({c: str for c in CATEGORICAL if c in current})
+    reference = reference.astype({c: str for c in CATEGORICAL if c in reference})
+    features = tabular_features(current, reference, cfg)
+    numeric = [f for f in cfg.features if f not in CATEGORICAL]
+    definition = DataDefinition(
+        numerical_columns=numeric, categorical_columns=[f for f in cfg.features if f in CATEGORICAL]
+    )
     preset = DataDriftPreset(
-        drift_share=cfg.drift_share,
-        num_method=cfg.num_method,
-        num_threshold=cfg.num_threshold,
-        cat_method=cfg.cat_method,
-        cat_threshold=cfg.cat_threshold,
-        per_column_method=dict(cfg.per_column_method) or None,
-        per_column_threshold=dict(cfg.per_column_threshold) or None,
+        # The HTML's dataset verdict follows ours: one drifted column is enough.
+        drift_share=1.0 / len(cfg.features),
+        num_method="wasserstein",
+        cat_method="jensenshannon",
+        per_column_threshold={name: features[name]["threshold"] or CONSTANT_THRESHOLD for name in cfg.features},
     )
     # Constant columns (e.g. every image 8x8) make Evidently divide by a zero spread; the scores stay right.
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         snapshot = Report([preset]).run(
-            Dataset.from_pandas(sample(current), data_definition=definition),
-            Dataset.from_pandas(sample(reference), data_definition=definition),
+            Dataset.from_pandas(current, data_definition=definition),
+            Dataset.from_pandas(reference, data_definition=definition),
         )
-    per_feature: dict[str, dict[str, Any]] = {}
     for metric in snapshot.dict()["metrics"]:
         config = metric["config"]
-        if config.get("type", "").endswith("ValueDrift"):
-            value = float(metric["value"])
-            per_feature[config["column"]] = {
-                "method": config["method"],
-                "score": value,
-                "threshold": float(config["threshold"]),
-                "drifted": _is_drifted(config["method"], value, float(config["threshold"])),
-            }
-    return summarise(per_feature, cfg, len(current), len(reference)), snapshot
+        if config.get("type", "").endswith("ValueDrift") and config["column"] in features:
+            feature = features[config["column"]]
+            feature["evidently_score"] = float(metric["value"])
+            if not np.isclose(feature["evidently_score"], feature["score"], rtol=1e-6, atol=1e-9):
+                log.warning("drift score of %s: ours %s, Evidently's %s", config["column"], feature["score"],
+                            feature["evidently_score"])  # fmt: skip
+    return summarise(features, cfg, len(current), len(reference)), snapshot
+
+
+# --- embeddings: unbiased MMD^2 -----------------------------------------------------------------
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(sq, 0.0)
+
+
+def _mmd2_from_sums(within_a: Any, within_b: Any, across: Any, n_a: int, n_b: int) -> Any:
+    """Unbiased MMD^2 from kernel sums (diagonals excluded; an RBF kernel is 1 on them)."""
+    return (within_a - n_a) / (n_a * (n_a - 1)) + (within_b - n_b) / (n_b * (n_b - 1)) - 2.0 * across / (n_a * n_b)
+
+
+def mmd2_unbiased(current: np.ndarray, reference: np.ndarray, bandwidth: float) -> float:
+    """Unbiased MMD^2 with an RBF kernel ``exp(-d^2 / (2 bandwidth^2))``; negative when the samples are closer than chance."""
+    gamma = 1.0 / (2.0 * bandwidth**2)
+    k_cc = np.exp(-gamma * _squared_distances(current, current))
+    k_rr = np.exp(-gamma * _squared_distances(reference, reference))
+    k_cr = np.exp(-gamma * _squared_distances(current, reference))
+    return float(_mmd2_from_sums(k_cc.sum(), k_rr.sum(), k_cr.sum(), len(current), len(reference)))
+
+
+def median_bandwidth(reference: np.ndarray) -> float:
+    """The median heuristic: the median distance between two reference rows."""
+    sq = _squared_distances(reference, reference)[np.triu_indices(len(reference), k=1)]
+    median = float(np.sqrt(np.median(sq))) if len(sq) else 0.0
+    return median if median > 0 else 1.0
+
+
+def mmd2_null(
+    reference: np.ndarray, current_rows: int, bandwidth: float, resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Null samples of MMD^2 for ``current_rows`` new rows against ``reference``, from random splits of the reference.
+
+    Each split keeps the real sizes' ratio, and the scores are rescaled by (1/n + 1/m) / (1/a + 1/b):
+    under no change the unbiased MMD^2 scales with 1/n + 1/m (its limit is (1/n + 1/m) times a sum of
+    weighted centred chi-squares that depends only on the distribution).
+    """
+    m = len(reference)
+    part = min(max(round(m * current_rows / (current_rows + m)), 2), m - 2)
+    rest = m - part
+    kernel = np.exp(-_squared_distances(reference, reference) / (2.0 * bandwidth**2))
+    total = kernel.sum()
+    masks = np.zeros((resamples, m))
+    picks = np.argsort(rng.random((resamples, m)), axis=1)[:, :part]
+    np.put_along_axis(masks, picks, 1.0, axis=1)
+    weighted = masks @ kernel
+    within_a = (weighted * masks).sum(1)
+    across = weighted.sum(1) - within_a
+    within_b = total - within_a - 2.0 * across
+    null = _mmd2_from_sums(within_a, within_b, across, part, rest)
+    return np.asarray(null) * (1.0 / current_rows + 1.0 / m) / (1.0 / part + 1.0 / rest)
+
+
+def _subsample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows[rng.choice(len(rows), limit, replace=False)] if len(rows) > limit else rows
+
+
+def embedding_calibration(reference: np.ndarray, current_rows: int, cfg: DriftConfig) -> dict[str, float]:
+    """Bandwidth and calibrated threshold for ``current_rows`` new rows against these reference embeddings."""
+    bandwidth = median_bandwidth(reference)
+    alpha = detector_alpha(cfg)
+    null = mmd2_null(reference, current_rows, bandwidth, cfg.null_resamples, np.random.default_rng([cfg.seed, 2]))
+    return {"bandwidth": bandwidth, "threshold": null_quantile(null, 1.0 - alpha), "false_alarm_rate": alpha}
+
+
+def embedding_drift(
+    current: np.ndarray, reference: np.ndarray, cfg: DriftConfig, calibration: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Score, calibrated threshold and verdict of the champion's embeddings (the ``embeddings`` detector).
+
+    Computed here rather than by Evidently's ``mmd()``: that one clips the score at zero and takes a
+    fixed threshold; its Report also always runs t-SNE (20 s and more). Each side is sampled to
+    ``drift.embedding_max_rows``; ``calibration`` (from :func:`embedding_calibration` on the sampled
+    reference) may be passed in to judge many windows of one size against one reference.
+    """
+    reference = _subsample(reference, cfg.embedding_max_rows, np.random.default_rng([cfg.seed, 3]))
+    current = _subsample(current, cfg.embedding_max_rows, np.random.default_rng([cfg.seed, 4]))
+    entry: dict[str, Any] = {"detector": EMBEDDINGS, "method": "mmd", "rows": [len(current), len(reference)]}
+    if len(current) < 2 or len(reference) < 6:
+        return {**entry, "score": None, "threshold": None, "ratio": None, "drifted": False,
+                "skipped": f"too few rows to compare ({len(current)} new, {len(reference)} reference)"}  # fmt: skip
+    if calibration is None:
+        calibration = embedding_calibration(reference, len(current), cfg)
+    score = mmd2_unbiased(current, reference, calibration["bandwidth"])
+    return {**entry, **judged(score, calibration), "bandwidth": calibration["bandwidth"]}
+
+
+# --- the verdict -------------------------------------------------------------------------------------
+
+
+def _detector(name: str, members: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One detector's summary: fired, and the score, threshold and ratio of its strongest feature."""
+    fired = sorted(f for f, e in members.items() if e["drifted"])
+    calibrated = [(f, e) for f, e in members.items() if e.get("ratio") is not None]
+    moved = sorted(f for f, e in members.items() if e.get("constant") == "reference")
+    top = max(calibrated, key=lambda fe: fe[1]["ratio"], default=None)
+    if moved and (top is None or not top[1]["drifted"]):
+        # Only a column that never varied in the reference moved: it has no ratio (its threshold is 0).
+        top = (moved[0], members[moved[0]])
+    summary: dict[str, Any] = {"fired": bool(fired), "statistic": STATISTICS[name], "features_fired": fired}
+    if top is not None:
+        feature, entry = top
+        summary.update(feature=feature, score=entry["score"], threshold=entry["threshold"], ratio=entry["ratio"])
+    if name == IMAGE_STATS:
+        summary["constant"] = sorted(f for f, e in members.items() if e.get("constant") == "both")
+        summary["constant_moved"] = moved
+    return summary
 
 
 def summarise(
     per_feature: dict[str, dict[str, Any]], cfg: DriftConfig, current_rows: int, reference_rows: int
 ) -> dict[str, Any]:
-    """The window drifts when enough image statistics drift, or the label mix, or the embeddings do."""
-    stats = {name: f for name, f in per_feature.items() if name not in CATEGORICAL and name != EMBEDDINGS}
-    share = sum(f["drifted"] for f in stats.values()) / len(stats) if stats else 0.0
-    groups = {
-        "image_stats": {
-            "share": share,
-            "threshold": cfg.drift_share,
-            "drifted": bool(stats) and share >= cfg.drift_share,
-        },
-        **{
-            name: {"drifted": per_feature[name]["drifted"]}
-            for name in (*CATEGORICAL, EMBEDDINGS)
-            if name in per_feature
-        },
-    }
+    """The window drifts when any detector fires: one image statistic, the label mix, or the embeddings."""
+    by_detector: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, entry in per_feature.items():
+        detector = entry.get("detector", EMBEDDINGS if name == EMBEDDINGS else IMAGE_STATS)
+        by_detector.setdefault(detector, {})[name] = entry
+    detectors = {name: _detector(name, by_detector[name]) for name in DETECTORS if name in by_detector}
+    stats_used = [e for e in by_detector.get(IMAGE_STATS, {}).values() if e.get("constant") != "both"]
+    share = sum(e["drifted"] for e in stats_used) / len(stats_used) if stats_used else 0.0
     return {
-        "drift_detected": any(g["drifted"] for g in groups.values()),
+        "drift_detected": any(d["fired"] for d in detectors.values()),
+        "fired_detectors": [name for name, d in detectors.items() if d["fired"]],
+        "detectors": detectors,
+        # Older readers: one flag per detector, and the share of usable image statistics that drifted.
+        "groups": {name: {"drifted": d["fired"], "ratio": d.get("ratio")} for name, d in detectors.items()},
         "drifted_share": share,
-        "drift_share_threshold": cfg.drift_share,
         "drifted_features": sorted(name for name, f in per_feature.items() if f["drifted"]),
-        "groups": groups,
         "features": per_feature,
+        "false_alarm_rate": cfg.false_alarm_rate,
+        "null_resamples": cfg.null_resamples,
+        "seed": cfg.seed,
         "current_rows": current_rows,
         "reference_rows": reference_rows,
     }
-
-
-def embedding_drift(current: np.ndarray, reference: np.ndarray, cfg: DriftConfig) -> dict[str, Any]:
-    """Evidently's embedding drift method, called directly: its Report always runs t-SNE (20 s+)."""
-    import pandas as pd
-    from evidently.legacy.metrics.data_drift import embedding_drift_methods as methods
-
-    rng = np.random.default_rng(cfg.seed)
-
-    def frame(rows: np.ndarray) -> pd.DataFrame:
-        if len(rows) > cfg.embedding_max_rows:
-            rows = rows[rng.choice(len(rows), cfg.embedding_max_rows, replace=False)]
-        return pd.DataFrame(rows, columns=[f"e{i}" for i in range(rows.shape[1])])
-
-    method = getattr(methods, cfg.embedding_method)(threshold=cfg.embedding_threshold)
-    # Evidently mutates its inputs: hand it fresh frames.
-    score, drifted, name = method(frame(current), frame(reference))
-    return {"method": f"{cfg.embedding_method} ({name})", "score": float(score), "threshold": cfg.embedding_threshold,
-            "drifted": bool(drifted)}  # fmt: skip
 
 
 def detect_drift(
@@ -155,7 +506,9 @@ def detect_drift(
         return {**verdict, "report_uri": lake.uri(json_key)}
 
     current = manifests(lake, window.new_batches)
-    reference = manifests(lake, window.reference_batches, split="train")
+    # Every split of the champion's batches: val and test rows come from the same distribution (the
+    # split is by content hash), and a larger reference sharpens every threshold.
+    reference = manifests(lake, window.reference_batches)
     result, snapshot = compare(current, reference, cfg)
     quality = None
     if champion_model is not None:
@@ -168,7 +521,8 @@ def detect_drift(
         # The champion never trained on val/test rows: an unbiased reference for its embeddings.
         held_out = [load_split(lake, window.reference_batches, part, settings.labels) for part in ("val", "test")]
         new_emb, new_pred = embed_and_predict(champion_model, new_rows.images, device)
-        ref_emb = np.concatenate([embed_and_predict(champion_model, h.images, device)[0] for h in held_out if len(h)])
+        ref_parts = [embed_and_predict(champion_model, h.images, device)[0] for h in held_out if len(h)]
+        ref_emb = np.concatenate(ref_parts) if ref_parts else np.zeros((0, new_emb.shape[1]), np.float32)
         if cfg.embeddings:
             result["features"][EMBEDDINGS] = embedding_drift(new_emb, ref_emb, cfg)
             result = summarise(result["features"], cfg, result["current_rows"], result["reference_rows"])
@@ -186,5 +540,5 @@ def detect_drift(
         lake.write_file(html_key, html)
     verdict["html_uri"] = lake.uri(html_key)
     lake.write_json(json_key, verdict)
-    log.info("drift %s: %s, drifted %s", window.run_key, result["groups"], result["drifted_features"])
+    log.info("drift %s: fired %s, drifted %s", window.run_key, result["fired_detectors"], result["drifted_features"])
     return {**verdict, "report_uri": lake.uri(json_key)}
