@@ -316,9 +316,8 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, cfg: DriftConfig) ->
     current = current.astype({c: str for c in CATEGORICAL if c in current})
     reference = reference.astype({c: str for c in CATEGORICAL if c in reference})
     features = tabular_features(current, reference, cfg)
-    numeric = [f for f in cfg.features if f not in CATEGORICAL]
     definition = DataDefinition(
-        numerical_columns=numeric, categorical_columns=[f for f in cfg.features if f in CATEGORICAL]
+        numerical_columns=_numeric(cfg), categorical_columns=[f for f in cfg.features if f in CATEGORICAL]
     )
     preset = DataDriftPreset(
         # The HTML's dataset verdict follows ours: one drifted column is enough.
@@ -462,8 +461,7 @@ def summarise(
     """The window drifts when any detector fires: one image statistic, the label mix, or the embeddings."""
     by_detector: dict[str, dict[str, dict[str, Any]]] = {}
     for name, entry in per_feature.items():
-        detector = entry.get("detector", EMBEDDINGS if name == EMBEDDINGS else IMAGE_STATS)
-        by_detector.setdefault(detector, {})[name] = entry
+        by_detector.setdefault(entry["detector"], {})[name] = entry
     detectors = {name: _detector(name, by_detector[name]) for name in DETECTORS if name in by_detector}
     stats_used = [e for e in by_detector.get(IMAGE_STATS, {}).values() if e.get("constant") != "both"]
     share = sum(e["drifted"] for e in stats_used) / len(stats_used) if stats_used else 0.0

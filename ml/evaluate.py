@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,17 +33,20 @@ def eval_key(run_key: str) -> str:
 
 def eval_rows(lake: Lake, settings: Settings, window: Window) -> Split:
     """The evaluation rows of a window: test splits of its newest batches, plus the golden set if any."""
-    recent = load_split(lake, window.eval_batches, "test", settings.labels)
-    rows = Split(recent.images, recent.labels, recent.rows.assign(source="recent"))
+    rows = _from(load_split(lake, window.eval_batches, "test", settings.labels), "recent")
     golden = settings.gate.golden_set
     if golden:
         if not lake.exists(layout.manifest(golden, layout.GOLDEN)):
             raise CtError(
                 f"gate.golden_set={golden!r} but {lake.uri(layout.manifest(golden, layout.GOLDEN))} is missing"
             )
-        frozen = load_split(lake, [golden], None, settings.labels, root=layout.GOLDEN)
-        rows = concat(rows, Split(frozen.images, frozen.labels, frozen.rows.assign(source="golden")))
+        rows = concat(rows, _from(load_split(lake, [golden], None, settings.labels, root=layout.GOLDEN), "golden"))
     return rows
+
+
+def _from(split: Split, source: str) -> Split:
+    """Mark where each row came from (``recent`` test splits or the ``golden`` set): the gate counts golden rows."""
+    return replace(split, rows=split.rows.assign(source=source))
 
 
 def _score(settings: Settings, version: registry.VersionInfo, rows: Split) -> dict[str, Any]:

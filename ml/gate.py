@@ -132,6 +132,7 @@ def paired_bootstrap(
     z = (observed - cfg.margin) / se if se > 0 else (np.inf if observed > cfg.margin + TOLERANCE else 0.0)
     return {
         "test": "paired_bootstrap_macro_f1",
+        "rows": len(y_true),
         "hypothesis": f"H0: delta <= {cfg.margin:g} vs H1: delta > {cfg.margin:g}",
         "samples": cfg.bootstrap_samples,
         "seed": cfg.bootstrap_seed,
@@ -251,15 +252,14 @@ def power_statement(
     metric: str, test: dict[str, Any], delta: float, margin: float, alpha: float, significant: bool
 ) -> dict[str, Any]:
     """What this evaluation could see: the smallest improvement found with 80% power, and rows needed."""
+    n = test["rows"]
     if metric == "accuracy":
-        n = test["rows"]
         disagree = test["only_candidate_right"] + test["only_champion_right"]
         discordance = max(disagree, 1) / n
         smallest = stats.detectable(n, discordance, margin, alpha)
         needed = stats.rows_needed(delta, discordance, margin, alpha)
         size = f"with {n} paired rows ({disagree} where the models disagree)"
     else:
-        n = int(test.get("rows", 0)) or 0
         se = test["standard_error"]
         smallest = stats.detectable_with_se(se, margin, alpha)
         needed = stats.rows_needed_with_se(delta, se, n, margin, alpha)
@@ -330,7 +330,6 @@ def decide(
         superior = net > stats.exact(cfg.margin) * len(y_true)
     else:
         test = paired_bootstrap(y_true, candidate_pred, champion_pred, len(labels), cfg, level)
-        test["rows"] = len(y_true)
         superior = delta > cfg.margin + TOLERANCE
     significant = superior and test["p_value"] < level
     guard = class_guard(y_true, candidate_pred, champion_pred, labels, cfg, golden)

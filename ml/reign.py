@@ -48,6 +48,10 @@ def _current(lake: Lake, champion_version: str) -> dict[str, Any]:
     return {"champion_version": str(champion_version), "started_at": None, "started_by": None, "challenges": []}
 
 
+def _next_k(state: dict[str, Any]) -> int:
+    return max((int(c["k"]) for c in state["challenges"]), default=0) + 1
+
+
 def _spending(state: dict[str, Any], k: int, alpha: float, consumed: bool) -> dict[str, Any]:
     spent = stats.alpha_spent(alpha, k)
     return {
@@ -70,7 +74,7 @@ def claim(lake: Lake, lease: Lease, champion_version: str, run_key: str, alpha: 
         if challenge["run_key"] == run_key:
             log.info("%s already claimed challenge %d of v%s's reign", run_key, challenge["k"], champion_version)
             return _spending(state, int(challenge["k"]), alpha, consumed=True)
-    k = max((int(c["k"]) for c in state["challenges"]), default=0) + 1
+    k = _next_k(state)
     state["challenges"].append({"k": k, "run_key": run_key, "alpha": stats.alpha_for(alpha, k),
                                 "claimed_at": time.time()})  # fmt: skip
     lease.check()
@@ -81,8 +85,7 @@ def claim(lake: Lake, lease: Lease, champion_version: str, run_key: str, alpha: 
 def peek(lake: Lake, champion_version: str, alpha: float) -> dict[str, Any]:
     """The level the next live challenge would get, spending nothing (backfills)."""
     state = _current(lake, champion_version)
-    k = max((int(c["k"]) for c in state["challenges"]), default=0) + 1
-    return _spending(state, k, alpha, consumed=False)
+    return _spending(state, _next_k(state), alpha, consumed=False)
 
 
 def start(lake: Lake, lease: Lease, champion_version: str, decided_at: float, started_by: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ml import stats
 from ml.config import GateConfig
 from ml.gate import decide, discordant
 
@@ -56,7 +57,11 @@ def test_slightly_better_but_not_significant_rejects_and_says_what_it_could_see(
     assert result.decision == "reject" and result.reasons[0].startswith("not significant (p=0.144 >= alpha 0.005)")
     power = result.power
     assert power is not None
-    assert power["sentence"].startswith("with 300 paired rows (2 where the models disagree), improvements below")
+    assert power["sentence"] == (
+        f"with 300 paired rows (2 where the models disagree), improvements below "
+        f"{power['detectable_delta'] * 100:.1f} points cannot be told from noise (80% power at α=0.005)"
+    )
+    assert power["detectable_delta"] == pytest.approx(stats.detectable(300, 2 / 300, 0.0, 0.005))
     assert power["rows_needed"] > 300 and "golden set" in power["advice"]
 
 
