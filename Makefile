@@ -32,14 +32,16 @@ drop-batch: $(STAMP)
 	$(PY) -m ct_airflow.local drop-batch
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ml plugins dags tests bench
-	$(VENV)/bin/ruff format --check ml plugins dags tests bench
+	$(VENV)/bin/ruff check ml plugins dags tests bench docker
+	$(VENV)/bin/ruff format --check ml plugins dags tests bench docker
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy ml plugins
 
+# Two workers: the server-profile stack (with its 30-day backfill), the fault sweeps and the rest run side by
+# side; each group that shares a costly setup stays on one worker (tests/conftest.py, XDIST_GROUPS).
 test: $(STAMP) lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) bench/dag_parse.py

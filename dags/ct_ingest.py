@@ -5,9 +5,10 @@
 `_COMMITTED` marker (an `AssetWatcher` on `ct_landing_batches`), or by hand with
 `batch_ids` (empty: every pending batch).
 
-**Does** `python -m ml ingest`: decodes every image inside the batch root, builds the manifest,
-validates it with the Great Expectations suite `ml/suites/manifest.json`, then writes
-`curated/<batch_id>/` or `quarantine/<batch_id>/report.json`.
+**Does** `python -m ml ingest` (a subprocess; with the kubernetes runner, a deferrable pod):
+decodes every image inside the batch root, builds the manifest, validates it with the Great
+Expectations suite `ml/suites/manifest.json`, then writes `curated/<batch_id>/` or
+`quarantine/<batch_id>/report.json`.
 
 **Emits** a `ct_curated_batches` event with the curated `batch_ids`, which starts `ct_retrain`.
 A quarantined batch fails `fail_on_quarantine` with the rule names and the report's location;
@@ -21,7 +22,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from ct_airflow.assets import landing_asset
-from ct_airflow.operators import OUTAGE_RETRIES, CtIngestOperator
+from ct_airflow.operators import OUTAGE_RETRIES, ct_step
 from ct_airflow.tasks import fail_on_quarantine, publish_curated
 from ml.layout import ID_PATTERN, ID_RULE
 
@@ -41,6 +42,6 @@ with DAG(
     },
     default_args=OUTAGE_RETRIES,
 ):
-    ingest = CtIngestOperator(task_id="ingest", execution_timeout=timedelta(hours=2))
+    ingest = ct_step(task_id="ingest", step="ingest", execution_timeout=timedelta(hours=2))
     publish_curated(ingest.output)
     fail_on_quarantine(ingest.output)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param
 
-from ct_airflow.operators import OUTAGE_RETRIES, CtOverrideOperator
+from ct_airflow.operators import OUTAGE_RETRIES, OVERRIDE_STEP, ct_step
 
 with DAG(
     dag_id="ct_ops",
@@ -31,4 +31,5 @@ with DAG(
     },
 ):
     # A retry of the same run key finishes what an outage interrupted; it never decides twice.
-    CtOverrideOperator(task_id="move_champion", **OUTAGE_RETRIES)
+    # The override step runs `python -m ml rollback` or `promote`, as the run's Params say.
+    ct_step(task_id="move_champion", step=OVERRIDE_STEP, **OUTAGE_RETRIES)

@@ -13,6 +13,11 @@ backfill run move the champion (by default backfills evaluate and record but nev
 | evaluate | scores candidate and `@champion` on the same test rows | `eval.json` |
 | gate | promotes only on a significant improvement (McNemar / paired bootstrap) with no supported class losing recall, by compare-and-set | `gate.json`, `gate.md`, `state/decisions/` |
 
+Each task is one `python -m ml <step>` command: a subprocess with the local runner; with the
+kubernetes runner a deferrable pod (`KubernetesPodOperator`) that holds no worker slot while it runs,
+streams its log into the task log, and is found again by the next try if a worker dies. The steps in
+`kubernetes.gpu_steps` (train and evaluate by default) get a GPU.
+
 Each task has a **ct report** link (the HTML or JSON above) and, where a model is involved, an
 **MLflow model** link. To undo a promotion, use `ct_ops`.
 
@@ -27,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from ct_airflow.assets import CURATED
-from ct_airflow.operators import OUTAGE_RETRIES, CtStepOperator
+from ct_airflow.operators import OUTAGE_RETRIES, ct_step
 
 with DAG(
     dag_id="ct_retrain",
@@ -44,12 +49,10 @@ with DAG(
     # Retries cover outages (a step that cannot reach MLflow or S3 decides nothing and exits 75).
     default_args=OUTAGE_RETRIES,
 ):
-    drift = CtStepOperator(task_id="drift", step="drift")
-    decide = CtStepOperator(
-        task_id="decide", step="decide", step_args=["{{ '--force' if params.force_retrain else '' }}"]
-    )
-    train = CtStepOperator(task_id="train", step="train", retries=2, execution_timeout=timedelta(hours=6))
-    evaluate = CtStepOperator(task_id="evaluate", step="evaluate")
+    drift = ct_step(task_id="drift", step="drift")
+    decide = ct_step(task_id="decide", step="decide", step_args=["{{ '--force' if params.force_retrain else '' }}"])
+    train = ct_step(task_id="train", step="train", retries=2, execution_timeout=timedelta(hours=6))
+    evaluate = ct_step(task_id="evaluate", step="evaluate")
     # Backfill runs pass --backfill (and --allow-backfill-promote when the param is set) to the gate.
-    gate = CtStepOperator(task_id="gate", step="gate")
+    gate = ct_step(task_id="gate", step="gate")
     drift >> decide >> train >> evaluate >> gate

@@ -15,6 +15,7 @@ warning and ignored, so that a misspelt shortcut does not pass silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +37,28 @@ NOT_CONFIG_ENV = frozenset({
     "CT_CONFIG", "CT_CONFIG_JSON", "CT_S3_ENDPOINT_URL", "CT_S3_CONNECT_TIMEOUT", "CT_S3_READ_TIMEOUT",
     "CT_CODE_VERSION", "CT_LOG_LEVEL", "CT_RUN_KEY",
 })  # fmt: skip
+
+
+#: Longest Unix socket path Linux accepts (``sun_path`` is 108 bytes with its terminating NUL).
+_SOCKET_PATH_MAX = 107
+
+
+def embedded_socket_dir(home: Path) -> Path:
+    """Where the embedded PostgreSQL of ``home`` puts its Unix socket (it listens on no TCP port).
+
+    ``<home>/postgres-socket`` when the socket's full path fits the kernel's limit, otherwise a
+    directory in /tmp named after a hash of ``home``, so every process finds the same one.
+    """
+    home = Path(home).expanduser().resolve()
+    preferred = home / "postgres-socket"
+    if len(str(preferred / ".s.PGSQL.5432")) <= _SOCKET_PATH_MAX:
+        return preferred
+    return Path("/tmp") / f"ct-pg-{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+
+
+def embedded_database_uri(home: Path, database: str) -> str:
+    """SQLAlchemy URI of one database on the embedded PostgreSQL (psycopg2, over the Unix socket)."""
+    return f"postgresql+psycopg2://postgres@/{database}?host={embedded_socket_dir(home)}"
 
 
 class _Section(BaseModel):
@@ -183,6 +206,17 @@ class KubernetesConfig(_Section):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     env_from_secrets: tuple[str, ...] = Field((), description="Secrets whose keys become env vars (S3, MLflow)")
     startup_timeout_seconds: int = Field(600, ge=1)
+    xcom_sidecar_image: str = Field(
+        "alpine:3.24.2",
+        description="Image of the sidecar that hands a step's JSON result back (pinned; mirror it for air-gapped "
+        "clusters). Empty: the Kubernetes connection's xcom_sidecar_container_image, else the provider's default",
+    )
+    logging_interval_seconds: int | None = Field(
+        30,
+        ge=1,
+        description="How often the triggerer copies a running pod's new log lines into the task log; "
+        "none: only once the pod has finished",
+    )
 
 
 class Settings(_Section):
@@ -214,7 +248,8 @@ class Settings(_Section):
         if not self.lake_uri:
             object.__setattr__(self, "lake_uri", (home / "lake").as_uri())
         if not self.mlflow_tracking_uri:
-            object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
+            # The embedded profile's own PostgreSQL (ct_airflow.postgres starts it); SQLite only by choice.
+            object.__setattr__(self, "mlflow_tracking_uri", embedded_database_uri(home, "mlflow"))
         if not self.mlflow_artifact_uri and not self.mlflow_tracking_uri.startswith(("http://", "https://")):
             # A local store gets a local artifact root; a tracking server decides (and proxies) its own.
             object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())

@@ -16,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="ct-tests-"))
+#: The embedded home whose PostgreSQL serves the whole session (Airflow's database, MLflow's per test).
+SESSION_PG_HOME = _SESSION_HOME / "session"
 
 # Small, quick training for tests; the demo and production use the configured defaults.
 TEST_ENV = {"CT_TRAIN__EPOCHS": "10", "CT_GATE__EVAL_RECENT_BATCHES": "3", "CT_INGEST__MIN_ROWS": "20"}
@@ -23,21 +25,80 @@ TEST_ENV = {"CT_TRAIN__EPOCHS": "10", "CT_GATE__EVAL_RECENT_BATCHES": "3", "CT_I
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
+    from ct_airflow import postgres
     from ct_airflow.local import embedded_env
 
-    os.environ.update(embedded_env(_SESSION_HOME / "session"))
+    # One PostgreSQL server for the session, as in the embedded profile: Airflow's metadata database,
+    # and one MLflow database per test (see ``ct_home``).
+    os.environ.update(embedded_env(SESSION_PG_HOME))
     os.environ.update(TEST_ENV)
+    if _runs_tests(config):
+        postgres.start(SESSION_PG_HOME)
+
+
+def _runs_tests(config: pytest.Config) -> bool:
+    """False in xdist's controller process, which hands tests to its workers and runs none itself."""
+    return hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+
+
+#: Tests that share a costly session or module setup run on one xdist worker (``make test`` runs two):
+#: the fault suite's servers and scenario, and the server-profile stack that the backfill reuses.
+XDIST_GROUPS = {"tests/faults/": "faults", "tests/integration/test_server_profile.py": "server-profile"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        where = Path(str(item.path)).relative_to(REPO).as_posix()
+        for prefix, group in XDIST_GROUPS.items():
+            if where.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from ct_airflow import postgres
+
+    postgres.stop(SESSION_PG_HOME)
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
+MLFLOW_TEMPLATE = "mlflow_template"
+
+
+@pytest.fixture(scope="session")
+def mlflow_template() -> str:
+    """A database with MLflow's schema migrated once; each test's MLflow database is a copy of it."""
+    from ct_airflow import postgres
+    from ml.config import embedded_database_uri
+
+    home = SESSION_PG_HOME
+    postgres.create_databases(home, [MLFLOW_TEMPLATE])
+    uri = embedded_database_uri(home, MLFLOW_TEMPLATE)
+    # In a child process, so that no connection to the template stays open (copying needs it idle).
+    subprocess.run([sys.executable, "-c", "import sys; from mlflow.store.tracking.sqlalchemy_store import "
+                    "SqlAlchemyStore; SqlAlchemyStore(sys.argv[1], sys.argv[2])", uri, str(_SESSION_HOME / "unused")],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return MLFLOW_TEMPLATE
+
+
 @pytest.fixture
-def ct_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh embedded home (lake, MLflow store) for one test."""
+def mlflow_database(mlflow_template: str) -> Iterator[str]:
+    """A fresh, migrated MLflow database on the session's PostgreSQL; yields its SQLAlchemy URI."""
+    from ct_airflow import postgres
+    from ml.config import embedded_database_uri
+
+    home = SESSION_PG_HOME
+    name = f"mlflow_{time.monotonic_ns()}"
+    postgres.create_databases(home, [name], template=mlflow_template)
+    yield embedded_database_uri(home, name)
+    postgres.drop_database(home, name)
+
+
+@pytest.fixture
+def ct_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_database: str) -> Path:
+    """A fresh embedded home (lake, artifacts) with its own MLflow database, for one test."""
     home = tmp_path / "ct"
     monkeypatch.setenv("CT_HOME", str(home))
+    monkeypatch.setenv("CT_MLFLOW_TRACKING_URI", mlflow_database)
     return home
 
 
@@ -80,7 +141,7 @@ def write_batch(lake, digits):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """An initialised Airflow metadata DB (SQLite) for dag.test() and DagBag tests."""
+    """An initialised Airflow metadata database (on the session's PostgreSQL) for dag.test() and DagBag tests."""
     airflow_home = Path(os.environ["AIRFLOW_HOME"])
     airflow_home.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,

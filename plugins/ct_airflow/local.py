@@ -1,8 +1,9 @@
 """The embedded profile's Airflow: environment, database setup, the demo scenario and ``make up``.
 
 ``python plugins/ct_airflow/local.py demo|up|env`` (the Makefile's targets call it). Everything
-lives under ``CT_HOME`` (``./.ct``): ``airflow/`` (SQLite, LocalExecutor), ``mlflow.db``,
-``mlartifacts/`` and ``lake/``. Every server listens on 127.0.0.1 only.
+lives under ``CT_HOME`` (``./.ct``): ``postgres/`` (the PostgreSQL server that holds Airflow's
+metadata and MLflow's backend store, on a Unix socket), ``airflow/`` (LocalExecutor, logs),
+``mlartifacts/`` and ``lake/``. Every server listens on 127.0.0.1 or on no port at all.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from pluggy import HookimplMarker
+
+from ct_airflow import postgres
+from ml.config import embedded_database_uri
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_PORT = 8080
@@ -52,7 +56,8 @@ def embedded_env(home: Path | None = None, refresh_interval: int = 5) -> dict[st
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        # The embedded PostgreSQL (ct_airflow.postgres); Airflow derives its asyncpg URI from this one.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": embedded_database_uri(home, "airflow"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(refresh_interval),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
@@ -66,6 +71,8 @@ def embedded_env(home: Path | None = None, refresh_interval: int = 5) -> dict[st
         "GX_ANALYTICS_ENABLED": "false",
         "TQDM_DISABLE": "1",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # `mlflow server` would start four job-queue consumers (about 30 workers) for GenAI jobs ct never runs.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # Whatever runs `airflow ...` from PATH (`airflow standalone`, if run by hand, does) gets this venv's.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH")])),
@@ -88,7 +95,8 @@ def airflow_cli(*args: str) -> None:
 
 def reset(home: Path) -> None:
     """Start from a clean embedded state: the demo replays from scratch every time."""
-    for name in ("airflow", "lake", "mlartifacts", "mlflow.db"):
+    postgres.stop(home)
+    for name in ("airflow", "lake", "mlartifacts", "postgres", "postgres-socket"):
         target = home / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -256,6 +264,15 @@ def demo() -> int:
     home = ct_home()
     reset(home)
     env = apply_env(home)
+    print(f"Starting PostgreSQL (Airflow's and MLflow's databases) under {postgres.data_dir(home)} ...", flush=True)
+    postgres.start(home)
+    try:
+        return _play(home, env)
+    finally:
+        postgres.stop(home)
+
+
+def _play(home: Path, env: Mapping[str, str]) -> int:
     # Plain text: dag.test()'s output lands in demo.log and, task by task, in the logs the UI shows.
     os.environ["AIRFLOW__LOGGING__COLORED_CONSOLE_LOG"] = "False"
     started = time.perf_counter()
@@ -387,11 +404,18 @@ def service_commands(env: Mapping[str, str], mlflow_port: int = MLFLOW_PORT) -> 
         "dag-processor": [airflow, "dag-processor"],
         "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
         "api-server": [airflow, "api-server"],
-        # One worker: a local UI needs no more, and mlflow's default of four costs a core while they start.
-        "mlflow": [str(bindir / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-                   "--backend-store-uri", settings.mlflow_tracking_uri,
-                   "--default-artifact-root", settings.mlflow_artifact_uri],
+        # The tracking server on the embedded PostgreSQL; the steps talk to it over HTTP (see server_env).
+        # One worker: a local server needs no more, and mlflow's default of four costs a core while they start.
+        "mlflow": [str(bindir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                   "--workers", "1", "--backend-store-uri", settings.mlflow_tracking_uri,
+                   "--artifacts-destination", settings.mlflow_artifact_uri],
     }  # fmt: skip
+
+
+def server_env(env: Mapping[str, str], mlflow_port: int = MLFLOW_PORT) -> dict[str, str]:
+    """The environment of Airflow's components when MLflow runs as a server: steps use its HTTP API,
+    as they do in production, and the server stores (and proxies) the artifacts of new experiments."""
+    return {**env, "CT_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
 
 
 def _relay(prefix: str, stream: IO[bytes], sink: IO[str], lock: threading.Lock) -> None:
@@ -446,14 +470,17 @@ def up() -> int:
     apply_env(home)
     (home / "airflow").mkdir(parents=True, exist_ok=True)
     password = write_password(home)
-    airflow_cli("db", "migrate")
-    from ml.config import load_settings
-
-    settings = load_settings()
-    signal.signal(signal.SIGTERM, _interrupt)
-    services = start_services(service_commands(os.environ), os.environ, sys.stdout)
+    ours = not postgres.is_running(home)  # stop only a server this command started
+    postgres.start(home)
     failed: list[str] = []
+    services: list[Service] = []
     try:
+        airflow_cli("db", "migrate")
+        from ml.config import load_settings
+
+        settings = load_settings()
+        signal.signal(signal.SIGTERM, _interrupt)
+        services = start_services(service_commands(os.environ), server_env(os.environ), sys.stdout)
         shown = False
         while not (failed := [s.name for s in services if s.process.poll() is not None]):
             if not shown and _port_open(AIRFLOW_PORT):
@@ -469,6 +496,8 @@ def up() -> int:
         pass
     finally:
         stop_services(services)
+        if ours:
+            postgres.stop(home)
     return 1 if failed else 0
 
 

@@ -1,4 +1,4 @@
-"""The fault suite's world: a real moto S3 server and a real ``mlflow server``, and a scenario built once.
+"""The fault suite's world: a real moto S3 server and a real ``mlflow server`` (on PostgreSQL), and a scenario built once.
 
 Both servers run in their own process groups so that a test can freeze one (SIGSTOP) at a chosen
 call and thaw it (SIGCONT): to a step that is an outage, a server that stopped answering, and no
@@ -50,14 +50,20 @@ def _start(
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Service]]:
+def services(tmp_path_factory: pytest.TempPathFactory, mlflow_template: str) -> Iterator[dict[str, Service]]:
+    from ct_airflow import postgres
+    from ml.config import embedded_database_uri
+    from tests.conftest import SESSION_PG_HOME
+
     root = tmp_path_factory.mktemp("fault-services")
+    # MLflow's backend store on the session's PostgreSQL, as in every profile.
+    postgres.create_databases(SESSION_PG_HOME, ["mlflow_faults"], template=mlflow_template)
     s3_port, mlflow_port = free_port(), free_port()
     moto, s3 = _start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
                       f"http://127.0.0.1:{s3_port}", root / "moto.log", "/moto-api/")  # fmt: skip
     mlflow, tracking = _start(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+         "--backend-store-uri", embedded_database_uri(SESSION_PG_HOME, "mlflow_faults"), "--artifacts-destination", str(root / "artifacts")],
         f"http://127.0.0.1:{mlflow_port}", root / "mlflow.log", "/health",
     )  # fmt: skip
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.config import TOP_LEVEL_ENV, load_settings
+from ml.config import TOP_LEVEL_ENV, embedded_socket_dir, load_settings
 from ml.errors import ConfigError
 
 
@@ -15,7 +15,21 @@ def test_embedded_defaults_live_under_home(tmp_path: Path) -> None:
     assert settings.profile == "embedded"
     assert settings.runner == "local"
     assert settings.lake_uri == (tmp_path / "lake").as_uri()
-    assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # MLflow's backend store is the embedded PostgreSQL, over its Unix socket; nothing defaults to SQLite.
+    assert settings.mlflow_tracking_uri == f"postgresql+psycopg2://postgres@/mlflow?host={tmp_path / 'postgres-socket'}"
+
+
+def test_sqlite_only_by_configuration(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert load_settings({"CT_HOME": str(tmp_path), "CT_MLFLOW_TRACKING_URI": uri}).mlflow_tracking_uri == uri
+
+
+def test_a_long_home_gets_a_socket_directory_that_fits(tmp_path: Path) -> None:
+    home = tmp_path / ("deep" * 30)
+    socket_dir = embedded_socket_dir(home)
+    assert len(str(socket_dir / ".s.PGSQL.5432")) <= 107 < len(str(home / "postgres-socket" / ".s.PGSQL.5432"))
+    assert socket_dir == embedded_socket_dir(home)  # every process computes the same place
+    assert socket_dir != embedded_socket_dir(tmp_path / ("other" * 30))
 
 
 def test_file_then_environment_overrides(tmp_path: Path) -> None:
