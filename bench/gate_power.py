@@ -114,6 +114,51 @@ def run(job: Job) -> dict[str, Any]:
             "vetoed": vetoed / job.runs, "guarded_gates": guarded, "promoted_guarded": promoted_guarded}  # fmt: skip
 
 
+def regression_rate(args: tuple[str, int, float, GateConfig, int, int, float]) -> dict[str, Any]:
+    """Promotions of a 0.2 regression over many gates, cheaply and exactly.
+
+    A gate whose regressed class alone has a guard p-value at or below ``guard_alpha / k`` (k guarded
+    classes) is vetoed whatever else happens: Holm's first step rejects the smallest p-value. Only the
+    other gates need :func:`decide`, which makes hundreds of thousands of gates affordable.
+    """
+    name, n, acc, cfg, gates, seed, rho = args
+    truth = regression_truth(name, acc)
+    rng = np.random.default_rng(seed)
+    epsilon = stats.exact(cfg.recall_epsilon)
+    promoted = decided = guarded = 0
+    for _ in range(gates):
+        y, cand, champ = draw(rng, n, truth, rho)
+        support = np.bincount(y, minlength=len(LABELS))
+        if support[REGRESSED] < cfg.min_support:
+            continue
+        guarded += 1
+        rows = y == REGRESSED
+        lost = int((rows & (champ == y) & (cand != y)).sum())
+        gained = int((rows & (cand == y) & (champ != y)).sum())
+        if stats.score_test(lost, gained, int(support[REGRESSED]), epsilon).p_value <= cfg.guard_alpha / int(
+            (support >= cfg.min_support).sum()
+        ):
+            continue
+        decided += 1
+        promoted += decide(y, cand, champ, LABELS, cfg, alpha=stats.alpha_for(cfg.alpha, 1)).decision == "promote"
+    return {"name": name, "n": n, "acc": acc, "guarded": guarded, "decided": decided, "promoted": promoted}
+
+
+#: How the model around a 0.2 recall regression moves overall accuracy: not at all (alone: the other
+#: classes stay), 0 (hidden: they improve enough to hide it) or +2 points (masked).
+REGRESSION_OVERALL: dict[str, float | None] = {"regression_alone": None, "regression_hidden": 0.0,
+                                               "regression_masked": 0.02}  # fmt: skip
+
+
+def regression_truth(name: str, acc: float) -> Truth:
+    overall = REGRESSION_OVERALL[name]
+    if overall is None:
+        return Truth(acc, acc, {REGRESSED: -0.2})
+    # The other classes improve so that overall accuracy moves by ``overall`` (capped).
+    others = min(acc + (overall + SHARES[REGRESSED] * 0.2) / (1 - SHARES[REGRESSED]), 0.999)
+    return Truth(acc, others, {REGRESSED: -0.2})
+
+
 def jobs(cfg: GateConfig, gates: int, sequences: int) -> Iterator[Job]:
     seed = 0
     for n in SIZES:
@@ -126,14 +171,10 @@ def jobs(cfg: GateConfig, gates: int, sequences: int) -> Iterator[Job]:
             margin = replace_cfg(cfg, margin=0.01)
             seed += 1
             yield Job("at_margin", n, Truth(acc, acc + 0.01), margin, gates, seed=seed)
-            # A 0.2 recall regression on a guarded class: alone, and hidden in a better model.
-            seed += 1
-            yield Job("regression_alone", n, Truth(acc, acc, {REGRESSED: -0.2}), cfg, gates, seed=seed)
-            for name, overall in (("regression_hidden", 0.0), ("regression_masked", 0.02)):
-                # The other classes improve so that overall accuracy moves by ``overall`` (capped).
-                others = min(acc + (overall + SHARES[REGRESSED] * 0.2) / (1 - SHARES[REGRESSED]), 0.999)
+            # A 0.2 recall regression on a guarded class: alone, hidden and masked by gains elsewhere.
+            for name in REGRESSION_OVERALL:
                 seed += 1
-                yield Job(name, n, Truth(acc, others, {REGRESSED: -0.2}), cfg, gates, seed=seed)
+                yield Job(name, n, regression_truth(name, acc), cfg, gates, seed=seed)
             # The 2% class losing all its recall inside a better model: blind unless a limit is set.
             seed += 1
             collapse = Truth(acc, min(acc + 0.03, 0.999), {0: -acc})
@@ -155,6 +196,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rho", type=float, default=RHO, help="latent error correlation of the two models")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a gate setting")
+    parser.add_argument("--regression-gates", type=int, default=0, metavar="N",
+                        help="also estimate the 0.2 regression's promotion rate over N gates per cell (n >= 1000)")  # fmt: skip
     args = parser.parse_args()
     gates, sequences = (200, 60) if args.quick else (args.gates, args.sequences)
     cfg = GateConfig(**dict(item.split("=", 1) for item in args.set))
@@ -164,6 +207,15 @@ def main() -> int:
         results = list(pool.map(run, todo, chunksize=1))
     elapsed = time.perf_counter() - started
     report(results, cfg, gates, sequences, args.rho, elapsed)
+    if args.regression_gates:
+        cells = [(name, n, acc, cfg, args.regression_gates, 1000 + i, args.rho)
+                 for i, (name, n, acc) in enumerate((name, n, acc) for name in ("regression_alone", "regression_hidden")
+                                                    for n in SIZES[1:] for acc in CHAMPIONS)]  # fmt: skip
+        with ProcessPoolExecutor(args.workers) as pool:
+            for r in pool.map(regression_rate, cells):
+                print(f"INFO  {r['name']} n={r['n']} acc={r['acc']}: promoted {r['promoted']} of {r['guarded']:,} "
+                      f"guarded gates ({r['promoted'] / max(r['guarded'], 1):.1e} per gate; {r['decided']} were not "
+                      "vetoed at Holm's first step and ran the full decision)")  # fmt: skip
     return 0 if all(ok for _, ok, _ in targets(results, cfg)) else 1
 
 
