@@ -241,20 +241,6 @@ class CtStepOperator(StepMixin, BaseOperator):
             self._process.terminate()
 
 
-class CtIngestOperator(CtStepOperator):
-    """The ingest step, fed the batch ids of the asset events (or Params) that started the run."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(step="ingest", **kwargs)
-
-
-class CtOverrideOperator(CtStepOperator):
-    """Rollback or forced promotion from the ``ct_ops`` Params: ``action``, ``version`` and ``reason``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(step=OVERRIDE_STEP, **kwargs)
-
-
 def ct_step(*, task_id: str, step: str, step_args: Sequence[str] = (), **kwargs: Any) -> BaseOperator:
     """The task that runs ``python -m ml <step>`` with the configured runner: what DAG files call.
 

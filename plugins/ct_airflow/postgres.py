@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ml.config import embedded_database_uri, embedded_socket_dir
 
@@ -78,7 +79,7 @@ def _open_to(path: Path, user: pwd.struct_passwd) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
-def _run(args: Sequence[str], user: pwd.struct_passwd | None, timeout: float = START_TIMEOUT_S) -> str:
+def _run(args: Sequence[str], user: pwd.struct_passwd | None, timeout: float = START_TIMEOUT_S) -> None:
     env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C", "LANG": "C"}
     try:
         done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env,
@@ -88,7 +89,6 @@ def _run(args: Sequence[str], user: pwd.struct_passwd | None, timeout: float = S
         raise PostgresError(f"`{' '.join(args)}` did not finish in {timeout:.0f} s") from exc
     if done.returncode != 0:
         raise PostgresError(f"`{' '.join(args)}` exited {done.returncode}: {(done.stderr or done.stdout).strip()}")
-    return done.stdout
 
 
 @contextlib.contextmanager
@@ -171,7 +171,8 @@ def drop_database(home: Path, name: str) -> None:
             cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _connect(home: Path):  # type: ignore[no-untyped-def]
+def _connect(home: Path) -> Any:
+    """An autocommit-ready connection to the maintenance database, as the superuser, over the socket."""
     import psycopg2
 
     return psycopg2.connect(dbname="postgres", user=SUPERUSER, host=str(embedded_socket_dir(home)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ct_airflow.operators import CtIngestOperator, CtStepOperator, StepFailed, parse_result
+from ct_airflow.operators import CtStepOperator, StepFailed, parse_result
 from ct_airflow.runkey import is_backfill, run_key_from_run_id, triggering_batch_ids
 
 
@@ -25,7 +25,7 @@ def test_parse_result_rejects_broken_contracts(stdout: str) -> None:
 
 
 def test_local_runner_maps_nothing_to_do_to_a_skip(ct_home) -> None:
-    operator = CtIngestOperator(task_id="ingest")
+    operator = CtStepOperator(task_id="ingest", step="ingest")
     with pytest.raises(AirflowSkipException, match="no committed landing batch"):
         operator.execute({"run_id": "manual__x", "params": {}})
 
@@ -112,7 +112,9 @@ def test_refused_batch_ids_fail_without_retries(ct_home) -> None:
     from ct_airflow.operators import StepRefused
 
     with pytest.raises(StepRefused, match="is not a valid id"):
-        CtIngestOperator(task_id="ingest").execute({"run_id": "manual__x", "params": {"batch_ids": ["../etc"]}})
+        CtStepOperator(task_id="ingest", step="ingest").execute(
+            {"run_id": "manual__x", "params": {"batch_ids": ["../etc"]}}
+        )
 
 
 def test_backfill_runs_never_write_live_policy_memory() -> None:
