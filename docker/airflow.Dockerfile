@@ -111,7 +111,7 @@ LABEL org.opencontainers.image.title="ct-airflow-worker" \
 ARG PIP_EXTRA_INDEX_URL=""
 USER 0
 RUN python -m pip install -c /opt/ct/requirements.lock \
-        torch torchvision great-expectations evidently mlflow pillow scipy scikit-learn \
+        torch torchvision great-expectations evidently mlflow pillow scipy scikit-learn onnx onnxruntime \
     && python -m pip check \
     && python -c "import ml.cli, ml.train, ml.drift, ml.validate, ml.evaluate, torch, torchvision"
 

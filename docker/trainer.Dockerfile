@@ -36,10 +36,11 @@ WORKDIR /opt/ct
 # torch and torchvision come from the base image; none of these libraries asks for them.
 COPY requirements.lock ./
 RUN python -m pip install -c requirements.lock \
-        great-expectations evidently mlflow pandas numpy pyarrow pillow scipy scikit-learn boto3 psycopg2-binary pydantic pyyaml
+        great-expectations evidently mlflow pandas numpy pyarrow pillow scipy scikit-learn boto3 psycopg2-binary pydantic pyyaml \
+        onnx onnxruntime
 COPY pyproject.toml README.md ./
 COPY ml ./ml
-RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.train, ml.drift, ml.validate"
+RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.train, ml.drift, ml.validate, ml.model.artifact, onnx, onnxruntime"
 
 RUN groupadd --gid 10001 ct && useradd --uid 10001 --gid ct --no-create-home --shell /usr/sbin/nologin ct \
     && mkdir -p /airflow/xcom /tmp/ct && chown -R ct:ct /airflow /tmp/ct

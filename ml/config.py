@@ -232,6 +232,10 @@ class Settings(_Section):
     model_name: str = "ct-classifier"
     labels: tuple[str, ...] = tuple(str(d) for d in range(10))
     runner: Literal["local", "kubernetes"] = "local"
+    allow_pickled_models: bool = Field(
+        False, description="Also load model versions stored as pickles (registered before ct stored weights); "
+        "unpickling runs code from the artifact store",
+    )  # fmt: skip
     image: ImageConfig = ImageConfig()
     ingest: IngestConfig = IngestConfig()
     drift: DriftConfig = DriftConfig()

@@ -26,6 +26,8 @@ from ml.window import Window, load_window
 
 log = logging.getLogger(__name__)
 
+PARITY_BATCH = 256
+
 
 def eval_key(run_key: str) -> str:
     return layout.report(layout.RETRAIN_DAG, run_key, "eval.json")
@@ -49,14 +51,24 @@ def _from(split: Split, source: str) -> Split:
     return replace(split, rows=split.rows.assign(source=source))
 
 
-def _score(settings: Settings, version: registry.VersionInfo, rows: Split) -> dict[str, Any]:
+def _score(settings: Settings, version: registry.VersionInfo, rows: Split, serving: bool = False) -> dict[str, Any]:
+    """Predictions (and costs) of one version on ``rows``; with ``serving``, its ONNX file checked against it."""
+    from ml.model import artifact
     from ml.train import pick_device, predict
 
     device = pick_device(settings.train.device)
-    model = registry.load_model(settings, version)
-    pred = predict(model.to(device), rows.images, device)
-    scored = {"version": version.version, "run_id": version.run_id, "pred": pred.tolist(),
-              "metrics": metrics(rows.labels, pred, settings.labels)}  # fmt: skip
+    with registry.downloaded(settings, version) as folder:
+        model = registry.load_folder(settings, version, folder)
+        pred = predict(model.to(device), rows.images, device)
+        scored = {"version": version.version, "run_id": version.run_id, "pred": pred.tolist(),
+                  "metrics": metrics(rows.labels, pred, settings.labels)}  # fmt: skip
+        if serving:
+            batches = (rows.images[i : i + PARITY_BATCH] for i in range(0, len(rows), PARITY_BATCH))
+            try:
+                scored["onnx"] = artifact.onnx_parity(folder, model, batches)
+            except artifact.ModelFileError as exc:
+                scored["onnx"] = {"passed": False, "error": str(exc), "rows": 0}
+            log.info("ONNX parity of v%s: %s", version.version, scored["onnx"])
     if settings.gate.max_latency_p95_ms is not None or settings.gate.max_size_mb is not None:
         scored["cost"] = cost(model, rows.images, settings.gate.latency_batch_size)
     return scored
@@ -83,7 +95,7 @@ def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
         "train_batches": window.train_batches,
         "rows": rows.rows.to_dict(orient="list"),
         "y_true": rows.labels.tolist(),
-        "candidate": _score(settings, candidate, rows),
+        "candidate": _score(settings, candidate, rows, serving=True),
         "champion": _score(settings, champion, rows) if champion is not None else None,
     }
     lake.write_json(key, record)

@@ -15,6 +15,8 @@ Every check runs and is recorded; a single failed check means reject. The checks
    guarded; ``gate.max_unguarded_drop`` optionally rejects any larger observed drop on them.
 4. **Budgets (optional):** the candidate's CPU p95 latency per batch and its size stay within
    ``gate.max_latency_p95_ms`` and ``gate.max_size_mb``.
+5. **The serving file:** the candidate's ONNX export gives the torch model's logits on every
+   evaluation row, within :data:`ml.model.artifact.PARITY_RTOL` (checked by the evaluate step).
 
 Thresholds are compared on integer row counts against the exact decimals of the configuration
 (:func:`ml.stats.exact`), so a difference that equals a threshold never flips with the floats. The
@@ -176,6 +178,16 @@ def _budget_checks(cost: dict[str, float], cfg: GateConfig) -> tuple[dict[str, A
     return checks, reasons
 
 
+def _parity_reason(parity: dict[str, Any]) -> str:
+    if parity.get("error"):
+        return f"the ONNX export cannot be checked: {parity['error']}"
+    return (
+        f"the ONNX export disagrees with the torch model on {parity['rows']} evaluation rows: max |logit "
+        f"difference| {parity['max_abs_logit_diff']:.3g} (tolerance {parity['tolerance']:.3g}), "
+        f"{parity['argmax_disagreements']} rows predicted differently"
+    )
+
+
 def class_guard(
     y_true: np.ndarray,
     candidate: np.ndarray,
@@ -303,6 +315,7 @@ def decide(
     candidate_cost: dict[str, float] | None = None,
     alpha: float | None = None,
     golden: np.ndarray | None = None,
+    serving: dict[str, Any] | None = None,
 ) -> GateDecision:
     """Decide on paired predictions. ``alpha`` is this challenge's level (default ``gate.alpha``,
     one test alone); ``golden`` marks the rows that came from the frozen golden set."""
@@ -312,6 +325,10 @@ def decide(
     if len(y_true) == 0:
         return GateDecision("reject", ["no evaluation rows: nothing to compare on"], cand, None, {}, thresholds)
     budget_checks, budget_reasons = _budget_checks(candidate_cost or {}, cfg)
+    if serving is not None:
+        budget_checks["onnx_parity"] = serving
+        if not serving.get("passed"):
+            budget_reasons.append(_parity_reason(serving))
 
     if champion_pred is None:
         ok = cand["correct"] >= stats.exact(cfg.floor_accuracy) * cand["rows"]

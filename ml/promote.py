@@ -264,6 +264,7 @@ def _outcome_record(
         settings.labels,
         settings.gate,
         candidate_cost=candidate.get("cost"),
+        serving=candidate.get("onnx"),
         alpha=spending["alpha"] if spending else None,
         golden=_golden_mask(evaluation),
     )

@@ -11,7 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.config import Settings
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 RUN_KEY_TAG = "ct.run_key"
 WINDOW_TAG = "ct.window_uri"
+FORMAT_TAG = "ct.model_format"  # how the version is stored: ml.model.artifact.FORMAT
 PROCESS_TAG_PREFIX = "ct.process."  # ct.process.host, .pid, .pid_start: who ran a training run
 
 
@@ -147,19 +152,56 @@ def get_version(mlflow_client: MlflowClient, name: str, version: str) -> Version
     return _info(mlflow_client.get_model_version(name, version))
 
 
-def load_model(settings: Settings, version: VersionInfo) -> Any:
-    """Load a registered torch model. Only versions from our own registry are ever unpickled."""
-    import mlflow.pytorch
+@contextmanager
+def downloaded(settings: Settings, version: VersionInfo) -> Iterator[Path]:
+    """The files of a registered version, in a temporary folder for the duration of the block."""
+    import mlflow.artifacts
 
     client(settings)
+    with tempfile.TemporaryDirectory(prefix="ct-model-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{settings.model_name}/{version.version}", dst_path=tmp
+            )
+        except Exception as exc:
+            if (unavailable := outage(exc, "MLflow or its artifact store")) is not None:
+                raise unavailable from exc
+            raise ChampionUnavailable(
+                f"model version {version.version} of {settings.model_name} cannot be downloaded: {exc}"
+            ) from exc
+        yield Path(path)
+
+
+def load_model(settings: Settings, version: VersionInfo) -> Any:
+    """Load a registered model: weights into the factory's network (:mod:`ml.model.artifact`), never a pickle.
+
+    A version registered before ct stored weights is a pickled MLflow model. It loads only with
+    ``allow_pickled_models`` (``CT_ALLOW_PICKLED_MODELS=true``), with a warning, because unpickling
+    runs whatever code the artifact store hands back.
+    """
+    with downloaded(settings, version) as folder:
+        return load_folder(settings, version, folder)
+
+
+def load_folder(settings: Settings, version: VersionInfo, folder: Path) -> Any:
+    from ml.model import artifact
+
+    what = f"model version {version.version} of {settings.model_name}"
+    if not (folder / artifact.SPEC).is_file() and (folder / "MLmodel").is_file():
+        if not settings.allow_pickled_models:
+            raise ChampionUnavailable(
+                f"{what} is a pickled model (registered before ct stored weights); loading it would run code "
+                "from the artifact store. Retrain it, or set CT_ALLOW_PICKLED_MODELS=true to load it anyway"
+            )
+        log.warning("%s is a pickled model: loading it because allow_pickled_models is on", what)
+        import mlflow.pytorch
+
+        return mlflow.pytorch.load_model(str(folder), map_location="cpu")
     try:
-        return mlflow.pytorch.load_model(f"models:/{settings.model_name}/{version.version}", map_location="cpu")
-    except Exception as exc:
-        if (unavailable := outage(exc, "MLflow or its artifact store")) is not None:
-            raise unavailable from exc
-        raise ChampionUnavailable(
-            f"model version {version.version} of {settings.model_name} cannot be loaded: {exc}"
-        ) from exc
+        model, _spec = artifact.load(folder)
+    except artifact.ModelFileError as exc:
+        raise ChampionUnavailable(f"{what} cannot be loaded: {exc}") from exc
+    return model
 
 
 def process_tags() -> dict[str, str]:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,24 @@ def data_digest(window: Window) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def log_model(mlflow_client: Any, exp_id: str, run_id: str, run_key: str, model: Any, spec: Any) -> str:
+    """Store weights + spec + ONNX as an MLflow logged model of ``run_id``; returns its id.
+
+    The logged model carries the run-key tag from its creation, so that a rerun after a kill before
+    registration finds it and deletes it (:func:`ml.registry.delete_orphan_models`).
+    """
+    from ml.model import artifact
+
+    logged = mlflow_client.create_logged_model(
+        exp_id, name="model", source_run_id=run_id, tags={registry.RUN_KEY_TAG: run_key}, model_type=artifact.FORMAT
+    )
+    with tempfile.TemporaryDirectory(prefix="ct-model-") as tmp:
+        artifact.save(model, spec, Path(tmp))
+        mlflow_client.log_model_artifacts(logged.model_id, tmp)
+    mlflow_client.finalize_logged_model(logged.model_id, "READY")
+    return str(logged.model_id)
+
+
 def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
     """Train and register a candidate for ``run_key``; a second call returns the same version.
 
@@ -142,10 +161,10 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
     registry.delete_orphan_models(mlflow_client, exp_id, run_key)
 
     import mlflow
-    import mlflow.pytorch
     import torch
 
-    from ml.model import build_model
+    from ml.model import artifact, build_model
+    from ml.model.artifact import ModelSpec
 
     window = load_window(lake, run_key)
     if settings.train.num_threads:
@@ -185,23 +204,25 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         mlflow.log_metrics({"train_seconds": seconds, "train_images_per_s": len(train_split) * len(history) / seconds})
 
-        model.to("cpu").eval()
-        example = to_tensor(train_split.images[:2], "cpu").numpy()
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",  # so that a champion can be fine-tuned, not just served
-            input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            tags={registry.RUN_KEY_TAG: run_key},  # how a rerun finds this model if registration never happened
+        spec = ModelSpec(
+            arch=settings.train.arch,
+            channels=settings.image.channels,
+            num_classes=len(settings.labels),
+            image_size=settings.image.size,
+            labels=settings.labels,
         )
+        model_id = log_model(mlflow_client, exp_id, run.info.run_id, run_key, model, spec)
         registry.ensure_registered_model(mlflow_client, settings.model_name)
         version = mlflow_client.create_model_version(
             settings.model_name,
-            source=info.model_uri,
+            source=f"models:/{model_id}",
             run_id=run.info.run_id,
-            model_id=info.model_id,
-            tags={registry.RUN_KEY_TAG: run_key, registry.WINDOW_TAG: lake.uri(window_key(run_key))},
+            model_id=model_id,
+            tags={
+                registry.RUN_KEY_TAG: run_key,
+                registry.WINDOW_TAG: lake.uri(window_key(run_key)),
+                registry.FORMAT_TAG: artifact.FORMAT,
+            },
             description=f"ct candidate for run {run_key}",
         )
     final = history[-1]

@@ -1,8 +1,8 @@
 """Imported once by the fault suite's forkserver, so that forked steps start warm."""
 
 import great_expectations  # noqa: F401
-import mlflow
-import mlflow.pytorch  # noqa: F401
+import mlflow  # noqa: F401
+import onnxruntime  # noqa: F401
 import pandas  # noqa: F401
 import requests  # noqa: F401
 import scipy.stats  # noqa: F401
@@ -12,6 +12,7 @@ from botocore.client import BaseClient  # noqa: F401
 import ml.cli
 import ml.evaluate
 import ml.ingest
+import ml.model.artifact
 import ml.promote
 import ml.train
 import ml.validate  # noqa: F401

@@ -1,0 +1,191 @@
+"""The model on disk: weights plus an architecture spec, never a pickle, and an ONNX twin for serving.
+
+A stored model is a folder of three files:
+
+* ``spec.json``: the format tag, the architecture (``arch``, ``channels``, ``num_classes``, the
+  label names, the input size) and the SHA-256 of the two other files;
+* ``weights.pt``: the ``state_dict``, written by ``torch.save`` and read back with
+  ``weights_only=True``, whose unpickler builds tensors and plain containers and refuses anything
+  else (no class, no callable);
+* ``model.onnx``: the same network exported to ONNX, input ``images`` (float32 NCHW in [0, 1], any
+  batch size), output ``logits``. This is the file a serving team takes.
+
+:func:`load` rebuilds the network through the model factory and loads the weights into it; it
+checks both hashes first, so a file swapped in the artifact store is refused before it is parsed.
+
+:func:`onnx_parity` runs both on the same rows. Its tolerance is relative to the largest logit:
+both sides compute in float32 on the CPU and differ only in the order of their sums, which moves a
+logit by a few units in the last place per layer (about 1e-6 of its scale through a ResNet-18; the
+benchmark and the tests print what they measured). ``PARITY_RTOL = 1e-3`` is 100 times that, and
+still 100 times smaller than the gap a wrong export makes (a dropped normalisation or a swapped
+channel order moves logits by their whole scale). A row whose predicted class differs is a failure
+unless the torch model's top two logits are within the tolerance of each other (a tie).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml.model.factory import build_model
+
+FORMAT = "ct.weights/1"
+SPEC, WEIGHTS, ONNX = "spec.json", "weights.pt", "model.onnx"
+ONNX_OPSET = 17
+PARITY_RTOL = 1e-3
+
+
+class ModelFileError(ValueError):
+    """A stored model is not in ct's format, or its files are not the ones the spec names."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the factory needs to rebuild the network, and what the network expects as input."""
+
+    arch: str
+    channels: int
+    num_classes: int
+    image_size: int
+    labels: tuple[str, ...]
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, self.channels, self.num_classes)
+
+    def example(self, rows: int = 2) -> torch.Tensor:
+        return torch.zeros(rows, self.channels, self.image_size, self.image_size)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(model: nn.Module, spec: ModelSpec, folder: Path, onnx: bool = True) -> dict[str, Any]:
+    """Write ``model`` as weights + spec (+ ONNX) into ``folder``; returns the spec as written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").eval()
+    torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, folder / WEIGHTS)
+    files = {WEIGHTS: _sha256(folder / WEIGHTS)}
+    if onnx:
+        export_onnx(model, spec, folder / ONNX)
+        files[ONNX] = _sha256(folder / ONNX)
+    record = {
+        "format": FORMAT,
+        **asdict(spec),
+        "labels": list(spec.labels),
+        "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0]},
+        "output": {"name": "logits", "dtype": "float32"},
+        "files": files,
+        "torch": torch.__version__,
+    }
+    (folder / SPEC).write_text(json.dumps(record, indent=2, sort_keys=True))
+    return record
+
+
+def read_spec(folder: Path) -> dict[str, Any]:
+    path = folder / SPEC
+    if not path.is_file():
+        raise ModelFileError(f"{folder} has no {SPEC}: it is not a model stored by ct")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise ModelFileError(f"{path} has format {found!r}; this ct reads {FORMAT!r}")
+    return record
+
+
+def _checked(folder: Path, record: dict[str, Any], name: str) -> Path:
+    path = folder / name
+    expected = (record.get("files") or {}).get(name)
+    if not path.is_file() or expected is None:
+        raise ModelFileError(f"{folder} lacks {name}, which its spec should name")
+    if _sha256(path) != expected:
+        raise ModelFileError(f"{path} is not the file its spec names (SHA-256 differs): refusing to load it")
+    return path
+
+
+def load(folder: Path) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the network from its spec and load its weights; nothing in the folder is unpickled."""
+    record = read_spec(folder)
+    spec = ModelSpec(
+        arch=str(record["arch"]),
+        channels=int(record["channels"]),
+        num_classes=int(record["num_classes"]),
+        image_size=int(record["image_size"]),
+        labels=tuple(str(x) for x in record["labels"]),
+    )
+    path = _checked(folder, record, WEIGHTS)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses any global it does not know: never run it
+        raise ModelFileError(f"{path} holds more than tensors; refusing to load it: {exc}") from exc
+    model = spec.build()
+    model.load_state_dict(state, strict=True)
+    return model.eval(), spec
+
+
+def export_onnx(model: nn.Module, spec: ModelSpec, path: Path) -> None:
+    """ONNX with a free batch dimension; TorchScript tracing (fast, and enough for feed-forward CNNs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter announces its successor on every call
+        torch.onnx.export(
+            model.to("cpu").eval(),
+            (spec.example(),),
+            str(path),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC rows as the model's float32 NCHW input in [0, 1]."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+
+
+def onnx_parity(folder: Path, model: nn.Module, batches: Iterable[np.ndarray]) -> dict[str, Any]:
+    """Run the ONNX file and the torch model on the same uint8 NHWC batches; compare their logits."""
+    import onnxruntime
+
+    record = read_spec(folder)
+    session = onnxruntime.InferenceSession(str(_checked(folder, record, ONNX)), providers=["CPUExecutionProvider"])
+    model = model.to("cpu").eval()
+    rows, max_diff, scale, disagree = 0, 0.0, 0.0, 0
+    with torch.inference_mode():
+        for images in batches:
+            x = to_input(images)
+            expected = model(torch.from_numpy(x)).numpy()
+            got = session.run(["logits"], {"images": x})[0]
+            max_diff = max(max_diff, float(np.abs(got - expected).max(initial=0.0)))
+            scale = max(scale, float(np.abs(expected).max(initial=0.0)))
+            top2 = np.sort(expected, axis=1)[:, -2:] if expected.shape[1] > 1 else np.zeros((len(x), 2))
+            clear = (top2[:, 1] - top2[:, 0]) > 2 * PARITY_RTOL * max(1.0, float(np.abs(expected).max(initial=0.0)))
+            disagree += int(((got.argmax(1) != expected.argmax(1)) & clear).sum())
+            rows += len(x)
+    tolerance = PARITY_RTOL * max(1.0, scale)
+    return {
+        "rows": rows,
+        "max_abs_logit_diff": max_diff,
+        "max_abs_logit": scale,
+        "tolerance": tolerance,
+        "rtol": PARITY_RTOL,
+        "argmax_disagreements": disagree,
+        "passed": rows > 0 and max_diff <= tolerance and disagree == 0,
+    }
