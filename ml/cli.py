@@ -231,6 +231,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def emit(result: dict[str, Any]) -> None:
     line = json.dumps(result, default=str, sort_keys=True)
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 speaks for the step
+        log.info("rank %s: %s", os.environ["RANK"], line)
+        return
     if XCOM_DIR.is_dir():
         (XCOM_DIR / "return.json").write_text(line)
     sys.stdout.write(line + "\n")

@@ -67,8 +67,23 @@ class _Section(BaseModel):
 
 class ImageConfig(_Section):
     size: int = Field(32, ge=8, le=1024, description="Side of the square model input, in pixels")
+    store_size: int | None = Field(
+        None, ge=8, le=2048, description="Side of the stored training-ready images (default: size); random crops "
+        "of `size` are taken from it, evaluation takes the centre",
+    )  # fmt: skip
     channels: Literal[1, 3] = 1
     max_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb cap, checked before decoding")
+    shard_mb: float = Field(64.0, gt=0, description="Size of one training-ready shard file, in MB")
+
+    @property
+    def stored(self) -> int:
+        return self.store_size or self.size
+
+    @model_validator(mode="after")
+    def _store_holds_the_input(self) -> ImageConfig:
+        if self.stored < self.size:
+            raise ValueError(f"image.store_size ({self.store_size}) must be at least image.size ({self.size})")
+        return self
 
 
 class IngestConfig(_Section):
@@ -159,6 +174,21 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)
+    augment: Literal["translate", "resized_crop"] = Field(
+        "translate", description="Per-sample crop on the device: a shift of up to `pad` pixels past the stored "
+        "image, or a random-resized crop (35-100% of the area)",
+    )  # fmt: skip
+    pad: int = Field(2, ge=0, description="How far a translation may shift past the stored image's edge")
+    flip: bool = Field(False, description="Random horizontal flips (off for digits: they are not symmetric)")
+    compile: bool = Field(False, description="torch.compile the model and the augmentation")
+    checkpoint_minutes: float = Field(
+        10.0, ge=0, description="Checkpoint to the lake this often (0: after every step); a rerun resumes there"
+    )
+    resident_mb: int = Field(
+        1024, ge=0, description="Keep the training set on the device as uint8 when it fits; else stream shards"
+    )
+    ring_shards: int = Field(4, ge=1, description="Shards shuffled together (and mapped at once) when streaming")
+    loader_threads: int = Field(2, ge=1, description="Background threads that gather batches from shards")
 
 
 class GateConfig(_Section):
@@ -198,7 +228,8 @@ class KubernetesConfig(_Section):
     kubernetes_conn_id: str = "kubernetes_default"
     gpu_steps: tuple[str, ...] = ("train", "evaluate")
     gpu_resource: str = "nvidia.com/gpu"
-    gpu_count: int = Field(1, ge=1)
+    gpu_count: int = Field(1, ge=1, description="GPUs per GPU step; above 1, train runs DDP under torchrun")
+    shm_size: str = Field("8Gi", description="Memory-backed /dev/shm of a multi-GPU training pod")
     cpu_request: str = "1"
     memory_request: str = "4Gi"
     memory_limit: str = "16Gi"

@@ -403,6 +403,13 @@ def _subsample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.nda
     return rows[rng.choice(len(rows), limit, replace=False)] if len(rows) > limit else rows
 
 
+def sample_positions(total: int, limit: int, seed: int, stream: int) -> np.ndarray:
+    """The rows :func:`_subsample` keeps of ``total`` (with ``rng([seed, stream])``): what is worth embedding."""
+    if total <= limit:
+        return np.arange(total)
+    return np.random.default_rng([seed, stream]).choice(total, limit, replace=False)
+
+
 def embedding_calibration(reference: np.ndarray, current_rows: int, cfg: DriftConfig) -> dict[str, float]:
     """Bandwidth and calibrated threshold for ``current_rows`` new rows against these reference embeddings."""
     bandwidth = median_bandwidth(reference)
@@ -510,20 +517,32 @@ def detect_drift(
     result, snapshot = compare(current, reference, cfg)
     quality = None
     if champion_model is not None:
-        from ml.data import load_split
+        from ml.data import ShardReader, join_rows, rows_of
         from ml.embed import embed_and_predict
-        from ml.train import pick_device
+        from ml.train import pick_device, predict
 
         device = pick_device(settings.train.device)
-        new_rows = load_split(lake, window.new_batches, None, settings.labels)
-        # The champion never trained on val/test rows: an unbiased reference for its embeddings.
-        held_out = [load_split(lake, window.reference_batches, part, settings.labels) for part in ("val", "test")]
-        new_emb, new_pred = embed_and_predict(champion_model, new_rows.images, device)
-        ref_parts = [embed_and_predict(champion_model, h.images, device)[0] for h in held_out if len(h)]
-        ref_emb = np.concatenate(ref_parts) if ref_parts else np.zeros((0, new_emb.shape[1]), np.float32)
-        if cfg.embeddings:
-            result["features"][EMBEDDINGS] = embedding_drift(new_emb, ref_emb, cfg)
-            result = summarise(result["features"], cfg, result["current_rows"], result["reference_rows"])
+        size, limit = settings.image.size, cfg.embedding_max_rows
+        with ShardReader(lake) as reader:
+            # Streamed: predictions for every new row, embeddings only for the rows the MMD compares
+            # (the same sample embedding_drift would draw), so memory does not grow with the window.
+            new_rows = rows_of(reader, window.new_batches, None, settings.labels, size=size)
+            new_pred = predict(champion_model.to(device), new_rows.batches(), device)
+            if cfg.embeddings:
+                # The champion never trained on val/test rows: an unbiased reference for its embeddings.
+                val, test = (rows_of(reader, window.reference_batches, part, settings.labels, size=size)
+                             for part in ("val", "test"))  # fmt: skip
+                held_out = join_rows(val, test)
+                new_emb, _ = embed_and_predict(
+                    champion_model, new_rows.take(sample_positions(len(new_rows), limit, cfg.seed, 4)).batches(), device
+                )
+                ref_emb, _ = embed_and_predict(
+                    champion_model, held_out.take(sample_positions(len(held_out), limit, cfg.seed, 3)).batches(), device
+                )
+                if not len(ref_emb):
+                    ref_emb = np.zeros((0, new_emb.shape[1] if new_emb.ndim == 2 else 0), np.float32)
+                result["features"][EMBEDDINGS] = embedding_drift(new_emb, ref_emb, cfg)
+                result = summarise(result["features"], cfg, result["current_rows"], result["reference_rows"])
         quality = {
             "champion_version": window.champion_version,
             "accuracy_on_new": float((new_pred == new_rows.labels).mean()) if len(new_rows) else None,

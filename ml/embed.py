@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -18,19 +19,20 @@ def penultimate_layer(model: nn.Module) -> nn.Linear:
 
 
 def embed_and_predict(
-    model: nn.Module, images: np.ndarray, device: Any, batch_size: int = 512
+    model: nn.Module, images: np.ndarray | Iterable[np.ndarray], device: Any, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (inputs of the head) and predicted classes, in row order."""
-    from ml.train import to_tensor
+    """Embeddings (inputs of the head) and predicted classes, in row order, of an array or a stream of batches."""
+    from ml.train import batched, to_tensor
 
+    batches = batched(images, batch_size) if isinstance(images, np.ndarray) else images
     captured: list[torch.Tensor] = []
     hook = penultimate_layer(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
     model.eval().to(device)
     preds = []
     try:
         with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                preds.append(model(to_tensor(images[start : start + batch_size], device)).argmax(dim=1).cpu().numpy())
+            for batch in batches:
+                preds.append(model(to_tensor(batch, device)).argmax(dim=1).cpu().numpy())
     finally:
         hook.remove()
     if not preds:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ml import layout, registry
 from ml.config import Settings
-from ml.data import Split, concat, load_split
+from ml.data import Rows, ShardReader, join_rows, rows_of
 from ml.errors import CtError
 from ml.gate import metrics
 from ml.storage import Lake
@@ -33,25 +32,26 @@ def eval_key(run_key: str) -> str:
     return layout.report(layout.RETRAIN_DAG, run_key, "eval.json")
 
 
-def eval_rows(lake: Lake, settings: Settings, window: Window) -> Split:
-    """The evaluation rows of a window: test splits of its newest batches, plus the golden set if any."""
-    rows = _from(load_split(lake, window.eval_batches, "test", settings.labels), "recent")
+def eval_rows(reader: ShardReader, settings: Settings, window: Window) -> Rows:
+    """The evaluation rows of a window: test splits of its newest batches, plus the golden set if any.
+
+    Rows come from where the gate counts them (``source``: ``recent`` or ``golden``); their pixels
+    are streamed, centre-cropped to the model's input size, whenever a model scores them.
+    """
+    lake, size = reader.lake, settings.image.size
+    rows = rows_of(reader, window.eval_batches, "test", settings.labels, size=size, source="recent")
     golden = settings.gate.golden_set
     if golden:
         if not lake.exists(layout.manifest(golden, layout.GOLDEN)):
             raise CtError(
                 f"gate.golden_set={golden!r} but {lake.uri(layout.manifest(golden, layout.GOLDEN))} is missing"
             )
-        rows = concat(rows, _from(load_split(lake, [golden], None, settings.labels, root=layout.GOLDEN), "golden"))
+        frozen = rows_of(reader, [golden], None, settings.labels, root=layout.GOLDEN, size=size, source="golden")
+        rows = join_rows(rows, frozen)
     return rows
 
 
-def _from(split: Split, source: str) -> Split:
-    """Mark where each row came from (``recent`` test splits or the ``golden`` set): the gate counts golden rows."""
-    return replace(split, rows=split.rows.assign(source=source))
-
-
-def _score(settings: Settings, version: registry.VersionInfo, rows: Split, serving: bool = False) -> dict[str, Any]:
+def _score(settings: Settings, version: registry.VersionInfo, rows: Rows, serving: bool = False) -> dict[str, Any]:
     """Predictions (and costs) of one version on ``rows``; with ``serving``, its ONNX file checked against it."""
     from ml.model import artifact
     from ml.train import pick_device, predict
@@ -59,18 +59,18 @@ def _score(settings: Settings, version: registry.VersionInfo, rows: Split, servi
     device = pick_device(settings.train.device)
     with registry.downloaded(settings, version) as folder:
         model = registry.load_folder(settings, version, folder)
-        pred = predict(model.to(device), rows.images, device)
+        pred = predict(model.to(device), rows.batches(), device)
         scored = {"version": version.version, "run_id": version.run_id, "pred": pred.tolist(),
                   "metrics": metrics(rows.labels, pred, settings.labels)}  # fmt: skip
         if serving:
-            batches = (rows.images[i : i + PARITY_BATCH] for i in range(0, len(rows), PARITY_BATCH))
             try:
-                scored["onnx"] = artifact.onnx_parity(folder, model, batches)
+                scored["onnx"] = artifact.onnx_parity(folder, model, rows.batches(PARITY_BATCH))
             except artifact.ModelFileError as exc:
                 scored["onnx"] = {"passed": False, "error": str(exc), "rows": 0}
             log.info("ONNX parity of v%s: %s", version.version, scored["onnx"])
     if settings.gate.max_latency_p95_ms is not None or settings.gate.max_size_mb is not None:
-        scored["cost"] = cost(model, rows.images, settings.gate.latency_batch_size)
+        probe = next(rows.batches(settings.gate.latency_batch_size), None)
+        scored["cost"] = cost(model, probe, settings.gate.latency_batch_size)
     return scored
 
 
@@ -86,8 +86,22 @@ def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
         raise CtError(f"run {run_key} registered no candidate; run its train step first")
     champion = registry.champion(mlflow_client, settings.model_name)
     window = load_window(lake, run_key)
-    rows = eval_rows(lake, settings, window)
-    record: dict[str, Any] = {
+    with ShardReader(lake) as reader:
+        rows = eval_rows(reader, settings, window)
+        record = _record(run_key, settings, window, rows, candidate, champion)
+    lake.write_json(key, record)
+    return _summary(record, lake.uri(key), already_done=False)
+
+
+def _record(
+    run_key: str,
+    settings: Settings,
+    window: Window,
+    rows: Rows,
+    candidate: registry.VersionInfo,
+    champion: registry.VersionInfo | None,
+) -> dict[str, Any]:
+    return {
         "run_key": run_key,
         "labels": list(settings.labels),
         "eval_batches": window.eval_batches,
@@ -98,8 +112,6 @@ def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
         "candidate": _score(settings, candidate, rows, serving=True),
         "champion": _score(settings, champion, rows) if champion is not None else None,
     }
-    lake.write_json(key, record)
-    return _summary(record, lake.uri(key), already_done=False)
 
 
 def rescore_champion(lake: Lake, settings: Settings, run_key: str, champion_version: str | None) -> dict[str, Any]:
@@ -110,31 +122,36 @@ def rescore_champion(lake: Lake, settings: Settings, run_key: str, champion_vers
     """
     key = eval_key(run_key)
     record: dict[str, Any] = lake.read_json(key)
-    rows = eval_rows(lake, settings, load_window(lake, run_key))
-    if rows.rows["sha256"].tolist() != record["rows"]["sha256"]:
-        raise CtError(f"the evaluation rows of {run_key} changed since {lake.uri(key)} was written; re-run evaluate")
-    previous = record.get("champion")
-    record.setdefault("superseded_champions", []).append(previous["version"] if previous else None)
-    if champion_version is None:
-        record["champion"] = None
-    else:
-        mlflow_client = registry.client(settings)
-        record["champion"] = _score(
-            settings, registry.get_version(mlflow_client, settings.model_name, champion_version), rows
-        )
+    with ShardReader(lake) as reader:
+        rows = eval_rows(reader, settings, load_window(lake, run_key))
+        if rows.rows["sha256"].tolist() != record["rows"]["sha256"]:
+            raise CtError(
+                f"the evaluation rows of {run_key} changed since {lake.uri(key)} was written; re-run evaluate"
+            )
+        previous = record.get("champion")
+        record.setdefault("superseded_champions", []).append(previous["version"] if previous else None)
+        if champion_version is None:
+            record["champion"] = None
+        else:
+            mlflow_client = registry.client(settings)
+            record["champion"] = _score(
+                settings, registry.get_version(mlflow_client, settings.model_name, champion_version), rows
+            )
     lake.write_json(key, record)
     log.info("re-scored %s against the new champion v%s on the same %d rows", run_key, champion_version, len(rows))
     return record
 
 
-def cost(model: Any, images: np.ndarray, batch_size: int, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+def cost(
+    model: Any, images: np.ndarray | None, batch_size: int, repeats: int = 20, warmup: int = 3
+) -> dict[str, float]:
     """CPU latency per batch (p50/p95 over ``repeats`` timed batches) and size: the same probe for every model."""
     import torch
 
     from ml.train import to_tensor
 
     model = model.to("cpu").eval()
-    sample = images[:batch_size] if len(images) else np.zeros((batch_size, 8, 8, 1), np.uint8)
+    sample = images[:batch_size] if images is not None and len(images) else np.zeros((batch_size, 8, 8, 1), np.uint8)
     batch = to_tensor(sample, "cpu")
     timings = []
     with torch.inference_mode():

@@ -7,8 +7,10 @@ reads only those that pass the listing checks (inside the batch root, a usable n
 layout, an allowed extension and size). It builds the manifest, validates it with Great
 Expectations plus the ingest checks, and writes either
 
-* ``curated/<batch_id>/shards/images.npy`` (uint8 NHWC at the model's input size), then
-  ``curated/<batch_id>/manifest.parquet`` last, so that a reader never sees half a batch; or
+* ``curated/<batch_id>/shards/shard-NNNNN.npy`` (fixed-capacity uint8 NHWC shards at
+  ``image.store_size``, see :mod:`ml.training.shards`), then
+  ``curated/<batch_id>/manifest.parquet`` last, naming each row's shard and the shard's SHA-256,
+  so that a reader never sees half a batch; or
 * ``quarantine/<batch_id>/report.json`` naming each failed rule and its rows, plus the manifest.
 
 Landing folder names follow :data:`ml.layout.ID_RULE`. A committed folder whose name does not is
@@ -45,6 +47,8 @@ MANIFEST_COLUMNS = [
     "batch_id", "uri", "label", "path_ok", "decode_ok", "mode_ok", "error", "width", "height", "channels", "mode",
     "mean", "std", "min", "max", "bright", "bytes", "sha256", "dup_of", "split", "row",
 ]  # fmt: skip
+#: A curated manifest adds where each row's pixels are: its shard, its row there and the shard's hash.
+CURATED_COLUMNS = [*MANIFEST_COLUMNS, "shard", "shard_row", "shard_sha256"]
 NATIVE_MODES = frozenset({"1", "L", "P", "RGB"})
 HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 INVALID_NAME_PREFIX = "invalid-name-"
@@ -367,7 +371,7 @@ def describe(image: Any, settings: Settings) -> tuple[dict[str, Any], np.ndarray
         "max": float(pixels.max()),
         "bright": float((pixels > 127).mean()),
     }
-    size = settings.image.size
+    size = settings.image.stored  # the training-ready size: random crops take image.size from it
     resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     return stats, resized.reshape(size, size, settings.image.channels)
 
@@ -487,8 +491,6 @@ def ingest_batch(
     lake: Lake, batch_id: str, settings: Settings, root: str = layout.CURATED, dataset_id: str | None = None
 ) -> dict[str, Any]:
     """Curate (into ``root/dataset_id``) or quarantine one batch. Re-running a curated batch changes nothing."""
-    import numpy as np
-
     _check_id(batch_id)
     dataset_id = dataset_id or batch_id
     if lake.exists(layout.manifest(dataset_id, root)):
@@ -524,11 +526,7 @@ def ingest_batch(
             validation_uri=lake.uri(layout.join(report_dir, "validation.html")),
         )  # fmt: skip
 
-    with tempfile.TemporaryDirectory(prefix="ct-ingest-") as tmp:
-        shard = Path(tmp) / "images.npy"
-        np.save(shard, images[manifest["row"].to_numpy()])
-        lake.write_file(layout.shard(dataset_id, root), shard)
-    manifest = manifest.assign(row=np.arange(len(manifest), dtype=np.int64))
+    manifest = _write_shards(lake, dataset_id, root, manifest, images, settings)
     if len(dropped):
         _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped)
     # The manifest is written last: its presence is what makes the batch curated.
@@ -655,6 +653,36 @@ def _curated_summary(lake: Lake, dataset_id: str, root: str = layout.CURATED) ->
     }
 
 
+def _write_shards(
+    lake: Lake, dataset_id: str, root: str, manifest: pd.DataFrame, images: np.ndarray, settings: Settings
+) -> pd.DataFrame:
+    """Write the kept rows as fixed-capacity shards; returns the manifest with each row's shard, place and hash.
+
+    Each shard is published atomically as soon as it is full. The manifest, written after all of
+    them, is what names them: until it exists no reader looks at ``shards/``, and a rerun rewrites them.
+    """
+    import numpy as np
+
+    from ml.training.shards import ShardWriter, capacity
+
+    store, channels = settings.image.stored, settings.image.channels
+    lake.delete_prefix(layout.shards(dataset_id, root))  # a killed earlier attempt's shards, never named
+    with tempfile.TemporaryDirectory(prefix="ct-ingest-") as tmp:
+        writer = ShardWriter(
+            Path(tmp), (store, store, channels), capacity(store, channels, settings.image.shard_mb),
+            lambda name, path: lake.write_file(layout.shard(dataset_id, name, root), path),
+        )  # fmt: skip
+        places = [writer.add(images[row]) for row in manifest["row"].to_numpy()]
+        written = {info.name: info.sha256 for info in writer.close()}
+    names = [name for name, _ in places]
+    return manifest.assign(
+        row=np.arange(len(manifest), dtype=np.int64),
+        shard=names,
+        shard_row=np.array([at for _, at in places], dtype=np.int64),
+        shard_sha256=[written[name] for name in names],
+    )
+
+
 def _write_parquet(lake: Lake, key: str, frame: pd.DataFrame) -> None:
     with tempfile.TemporaryDirectory(prefix="ct-parquet-") as tmp:
         path = Path(tmp) / "frame.parquet"
@@ -675,10 +703,9 @@ def manifest_hash(lake: Lake, batch_id: str) -> str:
 
 
 def load_images(lake: Lake, batch_id: str, root: str = layout.CURATED) -> np.ndarray:
-    """The batch's shard: memory-mapped when the lake is local."""
-    import numpy as np
+    """All of a batch's images in manifest order (small batches and tests; training streams shards instead)."""
+    from ml.data import ShardReader
 
-    if isinstance(lake, LocalLake):
-        return np.load(lake.path(layout.shard(batch_id, root)), mmap_mode="r")
-    with lake.local_file(layout.shard(batch_id, root)) as path:
-        return np.load(path)
+    manifest = read_manifest(lake, batch_id, root)
+    with ShardReader(lake) as reader:
+        return reader.gather(manifest, root, dataset=batch_id)

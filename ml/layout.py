@@ -12,6 +12,7 @@ QUARANTINE = "quarantine"
 GOLDEN = "golden"
 REPORTS = "reports"
 STATE = "state"
+CHECKPOINTS = "checkpoints"
 COMMIT_MARKER = "_COMMITTED"
 
 INGEST_DAG = "ct_ingest"
@@ -47,8 +48,17 @@ def manifest(batch_id: str, root: str = CURATED) -> str:
     return join(root, batch_id, "manifest.parquet")
 
 
-def shard(batch_id: str, root: str = CURATED) -> str:
-    return join(root, batch_id, "shards", "images.npy")
+def shards(batch_id: str, root: str = CURATED) -> str:
+    """The folder of a curated batch's training-ready shards (:mod:`ml.training.shards`)."""
+    return join(root, batch_id, "shards")
+
+
+def shard(batch_id: str, name: str, root: str = CURATED) -> str:
+    return join(shards(batch_id, root), name)
+
+
+#: The one shard of a batch curated before fixed-size shards (its manifest has no ``shard`` column).
+LEGACY_SHARD = "images.npy"
 
 
 def golden_source(name: str) -> str:
@@ -69,6 +79,11 @@ def quarantine_manifest(batch_id: str) -> str:
 
 def report(dag_id: str, run_key: str, name: str) -> str:
     return join(REPORTS, dag_id, run_key, name)
+
+
+def checkpoint(run_key: str) -> str:
+    """The training checkpoint of a run: what a rerun resumes from (deleted once the version is registered)."""
+    return join(CHECKPOINTS, run_key, "latest.pt")
 
 
 def state(name: str) -> str:

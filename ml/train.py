@@ -9,14 +9,15 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ml import registry
+from ml import layout, registry
 from ml.config import Settings
-from ml.data import Split, load_split
+from ml.data import Split
 from ml.errors import CtError
 from ml.storage import Lake
 from ml.window import Window, load_window, window_key
@@ -56,68 +57,99 @@ def to_tensor(images: np.ndarray, device: Any) -> Any:
     """uint8 NHWC on the host to float NCHW in [0, 1] on ``device``; the conversion runs on the device."""
     import torch
 
-    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
-    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+    from ml.training.augment import to_float
+
+    return to_float(torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True))
 
 
-def _augment(x: Any, generator: Any, pad: int = 2) -> Any:
-    """Random translation by up to ``pad`` pixels, done on the device. No flips: digits are not symmetric."""
-    import torch
-    import torch.nn.functional as F
-
-    _n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (1,), generator=generator).item()
-    dx = torch.randint(0, 2 * pad + 1, (1,), generator=generator).item()
-    return padded[:, :, dy : dy + h, dx : dx + w]
+def batched(images: np.ndarray, rows: int = 512) -> Iterator[np.ndarray]:
+    """In-memory images, a batch at a time (what :meth:`ml.data.Rows.batches` gives for streamed rows)."""
+    for start in range(0, len(images), rows):
+        yield images[start : start + rows]
 
 
-def predict(model: Any, images: np.ndarray, device: Any, batch_size: int = 512) -> np.ndarray:
-    """Class index per row, in row order."""
+def predict(model: Any, batches: Iterable[np.ndarray], device: Any) -> np.ndarray:
+    """Class index per row, in row order, over uint8 NHWC batches (streamed: one batch in memory at a time)."""
     import torch
 
     model.eval()
     out = []
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            logits = model(to_tensor(images[start : start + batch_size], device))
-            out.append(logits.argmax(dim=1).cpu().numpy())
+        for images in batches:
+            out.append(model(to_tensor(images, device)).argmax(dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def fit(model: Any, train: Split, val: Split, settings: Settings, device: Any) -> list[dict[str, float]]:
-    """Plain supervised training; returns one record of metrics per epoch."""
-    import torch
+def fit_config(settings: Settings) -> Any:
+    from ml.training.loop import FitConfig
 
     cfg = settings.train
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.epochs * ((len(train) + cfg.batch_size - 1) // cfg.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
-    images = to_tensor(train.images, device)
-    labels = torch.from_numpy(train.labels).to(device)
-    history = []
-    for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=generator).to(device)
-        total, seen = 0.0, 0
-        for start in range(0, len(train), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            loss = torch.nn.functional.cross_entropy(model(_augment(images[idx], generator)), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        record = {"epoch": float(epoch), "train_loss": total / max(seen, 1)}
-        if len(val):
-            record["val_accuracy"] = float((predict(model, val.images, device) == val.labels).mean())
-        history.append(record)
-        log.info("epoch %d: %s", epoch, record)
-    return history
+    return FitConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+        size=settings.image.size, augment=cfg.augment, pad=cfg.pad, flip=cfg.flip, compile=cfg.compile,
+        checkpoint_seconds=cfg.checkpoint_minutes * 60,
+    )  # fmt: skip
+
+
+def loader_for(data: Any, settings: Settings, device: Any, world: int = 1, rank: int = 0) -> Any:
+    from ml.training.loader import Loader
+
+    cfg = settings.train
+    return Loader(
+        data, cfg.batch_size, device, cfg.seed, ring=cfg.ring_shards, threads=cfg.loader_threads,
+        resident_bytes=cfg.resident_mb * 2**20, world=world, rank=rank,
+    )  # fmt: skip
+
+
+def fit(model: Any, train: Split, val: Split, settings: Settings, device: Any) -> list[dict[str, float]]:
+    """Train on in-memory arrays (drift experiments, tests): they go through one shard and the same loop."""
+    from ml.training.loader import ShardSet
+    from ml.training.loop import fit as run
+
+    with tempfile.TemporaryDirectory(prefix="ct-fit-") as tmp:
+        path = Path(tmp) / "shard-00000.npy"
+        np.save(path, np.ascontiguousarray(train.images))
+        data = ShardSet((path,), np.zeros(len(train), np.int64), np.arange(len(train)), train.labels,
+                        tuple(train.images.shape[1:]))  # fmt: skip
+        validate = _validator(val, device)
+        return run(model, loader_for(data, settings, device), fit_config(settings), device, "in-memory",
+                   validate=validate).history  # fmt: skip
+
+
+def _validator(val: Any, device: Any) -> Any:
+    """Accuracy on the validation rows (in memory, or streamed :class:`ml.data.Rows`) after each epoch."""
+    if not len(val):
+        return None
+    batches = val.batches if hasattr(val, "batches") else lambda: batched(val.images)
+    return lambda model: float((predict(model, batches(), device) == val.labels).mean())
+
+
+class LakeCheckpoints:
+    """A run's training checkpoint in the lake (``checkpoints/<run_key>/latest.pt``), written atomically."""
+
+    def __init__(self, lake: Lake, run_key: str) -> None:
+        self.lake, self.key = lake, layout.checkpoint(run_key)
+
+    def load(self) -> bytes | None:
+        return self.lake.read_bytes(self.key) if self.lake.exists(self.key) else None
+
+    def save(self, data: bytes) -> None:
+        self.lake.write_bytes(self.key, data)
+
+
+#: Settings that do not change what training computes: a checkpoint stays valid when only these change.
+_RUNTIME_ONLY = ("device", "num_threads", "loader_threads", "resident_mb", "checkpoint_minutes")
+
+
+def fingerprint(settings: Settings, window: Window) -> str:
+    """What a checkpoint must match to be resumed: the training settings, the image setup and the data."""
+    payload = {
+        "train": {k: v for k, v in settings.train.model_dump().items() if k not in _RUNTIME_ONLY},
+        "image": [settings.image.size, settings.image.stored, settings.image.channels],
+        "labels": list(settings.labels),
+        "data": data_digest(window),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def data_digest(window: Window) -> str:
@@ -149,60 +181,104 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
 
     Registration (``create_model_version`` with the run-key tag) is the commit point. A rerun first
     cleans up after a killed attempt: its MLflow run is marked FAILED, and a logged model that never
-    got registered is deleted, so neither lingers as RUNNING or as an orphan.
+    got registered is deleted, so neither lingers as RUNNING or as an orphan. Training resumes from
+    the run's last checkpoint when there is one. Under ``torchrun`` every rank trains its part and
+    rank 0 alone does the MLflow work (:mod:`ml.training.distributed`).
     """
-    mlflow_client = registry.client(settings)
-    exp_id = registry.experiment_id(settings, mlflow_client)
-    registry.fail_abandoned_runs(mlflow_client, exp_id, run_key)
-    existing = registry.version_by_run_key(mlflow_client, settings.model_name, run_key)
-    if existing is not None:
-        log.info("run %s already registered version %s; not training again", run_key, existing.version)
-        return {"model_version": existing.version, "run_id": existing.run_id, "already_done": True}
-    registry.delete_orphan_models(mlflow_client, exp_id, run_key)
-
-    import mlflow
     import torch
 
-    from ml.model import artifact, build_model
-    from ml.model.artifact import ModelSpec
+    from ml.training import distributed
+
+    dist = distributed.from_env()
+    device = distributed.device_for(dist, pick_device(settings.train.device))
+    distributed.start(dist, device)
+    try:
+        existing = None
+        if dist.main:
+            mlflow_client = registry.client(settings)
+            exp_id = registry.experiment_id(settings, mlflow_client)
+            registry.fail_abandoned_runs(mlflow_client, exp_id, run_key)
+            found = registry.version_by_run_key(mlflow_client, settings.model_name, run_key)
+            if found is None:
+                registry.delete_orphan_models(mlflow_client, exp_id, run_key)
+            else:
+                existing = {"model_version": found.version, "run_id": found.run_id, "already_done": True}
+        existing = distributed.share(dist, existing)
+        if existing is not None:
+            log.info("run %s already registered version %s; not training again", run_key, existing["model_version"])
+            return existing
+        if settings.train.num_threads:
+            torch.set_num_threads(settings.train.num_threads)
+        if not dist.main:
+            _fit_window(lake, settings, run_key, device, dist)
+            return {"rank": dist.rank, "trained": True}
+        return _train_and_register(lake, settings, run_key, device, mlflow_client, exp_id)
+    finally:
+        distributed.stop(dist)
+
+
+def _fit_window(lake: Lake, settings: Settings, run_key: str, device: Any, dist: Any) -> tuple[Any, Any, int, int]:
+    """Build the model and train it on the window's train rows: (model, fit result, train rows, val rows)."""
+    import torch
+
+    from ml.data import ShardReader, rows_of, shard_set
+    from ml.model import build_model
+    from ml.training.loop import fit as run_fit
 
     window = load_window(lake, run_key)
-    if settings.train.num_threads:
-        torch.set_num_threads(settings.train.num_threads)
-    train_split = load_split(lake, window.train_batches, "train", settings.labels)
-    val_split = load_split(lake, window.train_batches, "val", settings.labels)
-    if len(train_split) == 0:
-        raise CtError(f"window {run_key} has no training rows in {window.train_batches}")
-    device = pick_device(settings.train.device)
-    torch.manual_seed(settings.train.seed)  # weight init draws from the global generator
-    model = build_model(settings.train.arch, settings.image.channels, len(settings.labels))
+    with ShardReader(lake) as reader:
+        train_rows = shard_set(lake, reader, window.train_batches, "train", settings.labels)
+        if len(train_rows) == 0:
+            raise CtError(f"window {run_key} has no training rows in {window.train_batches}")
+        val_split = rows_of(reader, window.train_batches, "val", settings.labels, size=settings.image.size)
+        torch.manual_seed(settings.train.seed)  # weight init draws from the global generator: the same on every rank
+        model = build_model(settings.train.arch, settings.image.channels, len(settings.labels))
+        loader = loader_for(train_rows, settings, device, world=dist.world, rank=dist.rank)
+        result = run_fit(
+            model, loader, fit_config(settings), device, fingerprint(settings, window),
+            checkpoints=LakeCheckpoints(lake, run_key), validate=_validator(val_split, device), dist=dist,
+        )  # fmt: skip
+    return model, result, len(train_rows), len(val_split)
 
+
+def _train_and_register(
+    lake: Lake, settings: Settings, run_key: str, device: Any, mlflow_client: Any, exp_id: str
+) -> dict[str, Any]:
+    import mlflow
+
+    from ml.model import artifact
+    from ml.model.artifact import ModelSpec
+    from ml.training import distributed
+
+    window = load_window(lake, run_key)
     started = time.perf_counter()
     with mlflow.start_run(
         experiment_id=exp_id,
         run_name=f"train-{run_key}",
         tags={registry.RUN_KEY_TAG: run_key, **registry.process_tags()},
     ) as run:
+        dist = distributed.from_env()
         mlflow.log_params(
             {
                 **{f"train.{k}": v for k, v in settings.train.model_dump().items()},
                 "image.size": settings.image.size,
+                "image.store_size": settings.image.stored,
                 "image.channels": settings.image.channels,
                 "labels": ",".join(settings.labels),
                 "device": str(device),
-                "train_rows": len(train_split),
-                "val_rows": len(val_split),
+                "processes": dist.world,
                 "data.digest": data_digest(window),
             }
         )
         mlflow.set_tags({"ct.code_version": code_version(), "ct.train_batches": ",".join(window.train_batches)[:4000]})
         mlflow.log_dict(window.to_dict(), "data_window.json")
-        history = fit(model, train_split, val_split, settings, device)
+        model, result, train_rows, val_rows = _fit_window(lake, settings, run_key, device, dist)
+        history = result.history
         for record in history:
-            step = int(record["epoch"])
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
         seconds = time.perf_counter() - started
-        mlflow.log_metrics({"train_seconds": seconds, "train_images_per_s": len(train_split) * len(history) / seconds})
+        mlflow.log_params({"train_rows": train_rows, "val_rows": val_rows})
+        mlflow.log_metrics({"train_seconds": seconds, "train_images_per_s": train_rows * len(history) / seconds})
 
         spec = ModelSpec(
             arch=settings.train.arch,
@@ -225,14 +301,18 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
             },
             description=f"ct candidate for run {run_key}",
         )
+    lake.delete_prefix(layout.join(layout.CHECKPOINTS, run_key))  # registered: nothing left to resume
     final = history[-1]
+    resumed = result.resumed_from
     return {
         "model_version": str(version.version),
         "run_id": run.info.run_id,
         "already_done": False,
-        "train_rows": len(train_split),
+        "train_rows": train_rows,
         "val_accuracy": final.get("val_accuracy"),
         "train_loss": final["train_loss"],
         "device": str(device),
+        "processes": dist.world,
         "seconds": round(seconds, 2),
+        "resumed_from": {"epoch": resumed[0], "step": resumed[1]} if resumed else None,
     }

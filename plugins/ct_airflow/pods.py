@@ -4,8 +4,9 @@ Only :func:`ct_airflow.operators.ct_step` imports this module, and only under ``
 the provider takes about a second to import, which a local-runner parse must not pay. That is why
 the provider imports below carry ``noqa: TID253`` (ruff bans them at module level in ``plugins/``).
 
-The pod runs ``python -m ml <args>`` in the trainer image, with the arguments the local runner would
-use (:class:`~ct_airflow.operators.StepMixin`). While it runs the task is deferred, so a six-hour
+The pod runs ``python -m ml <args>`` in the trainer image (``torchrun ... -m ml train`` with one
+process per GPU when ``kubernetes.gpu_count > 1``, plus a memory-backed ``/dev/shm``), with the
+arguments the local runner would use (:class:`~ct_airflow.operators.StepMixin`). While it runs the task is deferred, so a six-hour
 training holds no worker slot, and the triggerer copies the pod's new log lines into the task log
 every ``kubernetes.logging_interval_seconds``. If the worker dies, the next try reattaches to the
 running pod (``durable``: the pod's identity in the task state store, else a search by KPO's labels
@@ -39,6 +40,13 @@ if TYPE_CHECKING:
 #: Labels on every ct pod, next to KPO's own (dag_id, task_id, run_id, try_number, ...), which reattaching needs.
 CT_POD_LABELS = {"app.kubernetes.io/part-of": "ct"}
 ML_COMMAND = ["python", "-m", "ml"]
+
+
+def step_command(step: str, gpu_count: int) -> list[str]:
+    """``python -m ml``, or for training on several GPUs, torchrun starting one DDP process per GPU."""
+    if step == "train" and gpu_count > 1:
+        return ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpu_count}", "-m", "ml"]
+    return ML_COMMAND
 
 
 class CtKubernetesHook(KubernetesHook):
@@ -92,8 +100,12 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
             settings = load_settings()
         kube = settings.kubernetes
         limits = {"memory": kube.memory_limit}
-        if step in kube.gpu_steps:
-            limits[kube.gpu_resource] = str(kube.gpu_count)
+        gpus = kube.gpu_count if step in kube.gpu_steps else 0
+        if gpus:
+            limits[kube.gpu_resource] = str(gpus)
+        # NCCL and the loader's pinned buffers use shared memory; a container's default /dev/shm is 64 MB.
+        shm = k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=kube.shm_size))
+        multi_gpu = step == "train" and gpus > 1
         locked_down = k8s.V1SecurityContext(
             allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
         )
@@ -102,7 +114,7 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
             namespace=kube.namespace,
             image=kube.image,
             image_pull_policy=kube.image_pull_policy,
-            cmds=ML_COMMAND,
+            cmds=step_command(step, gpus),
             arguments=[],  # from the run's context, when the pod is built (build_pod_request_obj)
             env_vars=[k8s.V1EnvVar(name="TQDM_DISABLE", value="1")],  # CT_CONFIG_JSON too, when the pod is built
             env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=s)) for s in kube.env_from_secrets],
@@ -111,6 +123,8 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
             ),
             node_selector=dict(kube.node_selector) or None,
             tolerations=[k8s.V1Toleration(**t) for t in kube.tolerations] or None,
+            volumes=[shm] if multi_gpu else None,
+            volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")] if multi_gpu else None,
             service_account_name=kube.service_account,
             # The "restricted" Pod Security Standard: non-root, no escalation, no capabilities, RuntimeDefault seccomp.
             security_context=k8s.V1PodSecurityContext(

@@ -107,3 +107,18 @@ def recompute_gate(run_key: str) -> str:
         alpha=spending["alpha"] if spending else None,
     )
     return outcome.decision
+
+
+def weights_digest(run_key: str) -> str:
+    """A hash over every tensor of the version ``run_key`` registered: equal only for bit-identical weights."""
+    import hashlib
+
+    settings = load_settings()
+    client = registry.client(settings)
+    version = registry.version_by_run_key(client, settings.model_name, run_key)
+    assert version is not None, run_key
+    model = registry.load_model(settings, version)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()

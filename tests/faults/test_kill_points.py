@@ -131,3 +131,25 @@ def test_train_killed_at_every_write(runner: Runner, world: dict[str, str]) -> N
         assert snap["versions"] == [result["model_version"]], (key, snap["versions"])
         assert snap["running_runs"] == [], f"{key}: a killed attempt's run is still RUNNING"
         assert snap["orphan_models"] == [], f"{key}: a logged model no version points at"
+
+
+def test_train_killed_mid_epoch_resumes_and_ends_with_the_same_weights(runner: Runner, world: dict[str, str]) -> None:
+    """SIGKILL right after a mid-epoch checkpoint: the rerun resumes there and registers the model an
+    uninterrupted run registers, bit for bit (CPU kernels are deterministic here), as one version."""
+    env = {**world, "CT_TRAIN__EPOCHS": "2", "CT_TRAIN__BATCH_SIZE": "16", "CT_TRAIN__CHECKPOINT_MINUTES": "0"}
+    runner.call(env, ops.copy_window, "strong", "tr-clean")
+    clean = runner.step(env, "train", "--run-key", "tr-clean")
+    assert clean.exitcode == 0 and clean.result is not None and clean.result["resumed_from"] is None, clean.result
+    checkpoints = [line.split()[1] for line in clean.trace if line.startswith("write ") and "checkpoints/" in line]
+    assert len(checkpoints) >= 4, clean.trace
+    fault = Fault(kill_at=int(checkpoints[2]), when="after")  # the third checkpoint: step 3 of epoch 0
+
+    runner.call(env, ops.copy_window, "strong", "tr-killed")
+    killed = runner.step(env, "train", "--run-key", "tr-killed", fault=fault)
+    assert killed.killed, (killed.exitcode, killed.result)
+    resumed = rerun_within_limit(runner, env, "train", "--run-key", "tr-killed")
+    assert resumed["resumed_from"] == {"epoch": 0, "step": 3}, resumed
+    snap = runner.call(env, ops.snapshot, "tr-killed")
+    assert snap["versions"] == [resumed["model_version"]] and snap["running_runs"] == [] and snap["orphan_models"] == []
+    assert runner.call(env, ops.weights_digest, "tr-killed") == runner.call(env, ops.weights_digest, "tr-clean")
+    assert resumed["train_loss"] == clean.result["train_loss"]

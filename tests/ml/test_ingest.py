@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ml import layout
-from ml.ingest import MANIFEST_COLUMNS, ingest_batch, pending_batches, read_manifest, split_for
+from ml.ingest import CURATED_COLUMNS, ingest_batch, pending_batches, read_manifest, split_for
 from ml.storage import Lake
 
 
@@ -15,7 +15,7 @@ def test_clean_batch_is_curated_with_a_complete_manifest(lake, settings, write_b
     result = ingest_batch(lake, "b1", settings)
     assert result["status"] == "curated" and result["images"] == 120
     manifest = read_manifest(lake, "b1")
-    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert list(manifest.columns) == CURATED_COLUMNS
     assert manifest["decode_ok"].all() and manifest["sha256"].is_unique
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert (manifest["width"] == 8).all() and (manifest["channels"] == 1).all()

@@ -77,6 +77,30 @@ def test_train_pod_requests_a_gpu_and_validates(kube_settings, cluster, task_con
     assert expected_labels.items() <= metadata["labels"].items() and metadata["labels"]["run_id"]
 
 
+def test_multi_gpu_training_runs_torchrun_with_shared_memory(kube_settings, cluster, task_context, monkeypatch) -> None:
+    monkeypatch.setenv("CT_KUBERNETES__GPU_COUNT", "4")
+    train = build_pod(ct_step(task_id="train", step="train"), task_context("train"))
+    kubernetes_validate.validate(train, K8S_VERSION, strict=True)
+    base = train["spec"]["containers"][0]
+    assert base["command"] == [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+        "ml",
+    ]
+    assert base["args"] == ["train", "--run-key", RUN_KEY]
+    assert base["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in base["volumeMounts"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in train["spec"]["volumes"]
+    # Evaluation takes the GPUs too, but is one process: no torchrun, no extra volume.
+    evaluate = build_pod(ct_step(task_id="evaluate", step="evaluate"), task_context("evaluate"))
+    assert evaluate["spec"]["containers"][0]["command"] == ["python", "-m", "ml"]
+    assert all(v["name"] != "dshm" for v in evaluate["spec"].get("volumes", []))
+
+
 @pytest.mark.parametrize(
     ("step", "params", "gpu"),
     [("evaluate", {}, True), ("drift", {}, False), ("decide", {}, False), ("gate", {}, False),
