@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(PY) bench/exit_stress.py
 	$(PY) bench/gate_power.py
 	$(PY) bench/drift_power.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/train_memory.py
 
 clean:
 	rm -rf .ct .pytest_cache .mypy_cache .ruff_cache

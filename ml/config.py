@@ -75,6 +75,12 @@ class ImageConfig(_Section):
     max_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb cap, checked before decoding")
     shard_mb: float = Field(64.0, gt=0, description="Size of one training-ready shard file, in MB")
 
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels_from_text(cls, value: Any) -> Any:
+        # CT_IMAGE__CHANNELS=3 arrives as text, and a Literal does not coerce it.
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
     @property
     def stored(self) -> int:
         return self.store_size or self.size
@@ -113,6 +119,9 @@ class IngestConfig(_Section):
         64 * 1024**2, ge=1, description="Larger files (size from the listing) are rejected unread (rule file_size)"
     )
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    workers: int | None = Field(
+        None, ge=1, description="Threads that read, hash, decode and resize images (default: one per CPU core)"
+    )
 
     @field_validator("extensions")
     @classmethod

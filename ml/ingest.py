@@ -27,11 +27,14 @@ import os
 import stat
 import tempfile
 import unicodedata
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ml import layout
+from ml import hashindex, layout
 from ml.config import Settings
 from ml.errors import BatchNotFound, CtError, InfrastructureUnavailable, NothingToDo, UnsafePath, UsageError
 from ml.storage import Lake, LocalLake, clean_key
@@ -40,6 +43,8 @@ from ml.validate import RuleFailure, ValidationOutcome, batch_failure, render_ht
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+
+    from ml.training.shards import ShardInfo, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -362,18 +367,25 @@ def describe(image: Any, settings: Settings) -> tuple[dict[str, Any], np.ndarray
     from PIL import Image
 
     pixels = np.asarray(image, dtype=np.uint8)
+    # One pass over the pixels: their histogram gives every statistic exactly (uint8 has 256 values).
+    counts = np.bincount(pixels.ravel(), minlength=256)
+    values = np.arange(256, dtype=np.float64)
+    total = max(int(counts.sum()), 1)
+    mean = float(counts @ values) / total
+    present = np.flatnonzero(counts)
     stats = {
         "width": image.width,
         "height": image.height,
-        "mean": float(pixels.mean()),
-        "std": float(pixels.std()),
-        "min": float(pixels.min()),
-        "max": float(pixels.max()),
-        "bright": float((pixels > 127).mean()),
+        "mean": mean,
+        "std": float(np.sqrt(max(float(counts @ (values - mean) ** 2) / total, 0.0))),
+        "min": float(present[0]) if len(present) else 0.0,
+        "max": float(present[-1]) if len(present) else 0.0,
+        "bright": float(counts[128:].sum()) / total,
     }
     size = settings.image.stored  # the training-ready size: random crops take image.size from it
-    resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-    return stats, resized.reshape(size, size, settings.image.channels)
+    if image.size != (size, size):
+        pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return stats, pixels.reshape(size, size, settings.image.channels)
 
 
 def _decode_error(data: bytes, exc: Exception) -> str:
@@ -391,36 +403,68 @@ def _decode_error(data: bytes, exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def known_hashes(lake: Lake) -> dict[str, str]:
-    """sha256 -> where it already lives (``curated:<batch>`` or ``golden:<name>``), for cross-batch duplicates."""
-    import pandas as pd
+@dataclass(frozen=True)
+class _Read:
+    """What a worker learned from one file: its hash, and its stats and pixels or why it did not decode."""
 
-    found: dict[str, str] = {}
-    for root in (layout.GOLDEN, layout.CURATED):
-        for dataset in lake.list_children(root):
-            if not lake.exists(layout.manifest(dataset, root)):
-                continue
-            with lake.local_file(layout.manifest(dataset, root)) as path:
-                hashes = pd.read_parquet(path, columns=["sha256"])["sha256"]
-            found.update(dict.fromkeys(hashes, f"{root}:{dataset}"))
-    return found
+    size: int
+    sha256: str
+    outcome: str  # "ok", "format" (a format ingest.extensions refuses), "mode" (refused mode), "error"
+    error: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+    pixels: np.ndarray | None = None
+
+
+def _read_one(lake: Lake, key: str, settings: Settings, formats: frozenset[str]) -> _Read:
+    """Read, hash, decode and resize one file (in a worker thread: the lake and PIL release the GIL)."""
+    data = lake.read_bytes(key)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        stats, pixels = _decode(data, settings, formats)
+    except DisallowedFormat as exc:
+        return _Read(len(data), digest, "format", str(exc))
+    except UnsupportedMode as exc:
+        return _Read(len(data), digest, "mode", str(exc))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
+        return _Read(len(data), digest, "error", _decode_error(data, exc))
+    return _Read(len(data), digest, "ok", stats=stats, pixels=pixels)
 
 
 @dataclass
 class _Scan:
-    """One pass over a batch's files: manifest rows, decoded pixels, and the ingest checks that failed."""
+    """One pass over a batch's files: manifest rows, shards of the decoded pixels, and failed ingest checks.
+
+    Files are read, hashed and decoded by ``ingest.workers`` threads, at most a few per worker in
+    flight, and their results are taken in listing order: the manifest and the shards are the same
+    whatever the timing, and memory holds one shard plus the files in flight, never the batch.
+    """
 
     lake: Lake
     batch_id: str
     settings: Settings
-    elsewhere: dict[str, str]  # sha256 -> where it is already curated or frozen
+    elsewhere: Callable[[list[str]], dict[str, str]]  # sha256s -> where they are already curated or frozen
     formats: frozenset[str]
+    writer: ShardWriter
     rows: list[dict[str, Any]] = field(default_factory=list)
-    images: list[np.ndarray] = field(default_factory=list)
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # uri, rule, error
     first_seen: dict[str, str] = field(default_factory=dict)
+    decoded: int = 0
 
-    def add(self, entry: _Entry) -> None:
+    def run(self, entries: list[_Entry]) -> None:
+        workers = self.settings.ingest.workers or os.cpu_count() or 1
+        pending: deque[tuple[dict[str, Any], str, Future[_Read] | None, list[tuple[str, str]]]] = deque()
+        with ThreadPoolExecutor(workers, thread_name_prefix="ct-ingest") as pool:
+            for entry in entries:
+                row, key, found = self._listed(entry)
+                job = pool.submit(_read_one, self.lake, key, self.settings, self.formats) if key else None
+                pending.append((row, entry.relpath, job, found))
+                while len(pending) > 4 * workers or (pending and pending[0][2] is None):
+                    self._finish(*pending.popleft())
+            while pending:
+                self._finish(*pending.popleft())
+        self._mark_duplicates()
+
+    def _listed(self, entry: _Entry) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
         found = _listing_problems(entry, self.settings)
         named = entry.path_ok and all(rule != "file_name" for rule, _ in found)
         key = layout.join(layout.landing(self.batch_id), entry.relpath) if named else ""
@@ -439,52 +483,68 @@ class _Scan:
             "bytes": entry.size,
             "row": -1,
         }
-        if entry.path_ok and not found:
-            found += self._read(key, entry.relpath, row)
+        return row, key if entry.path_ok and not found else "", found
+
+    def _finish(
+        self, row: dict[str, Any], relpath: str, job: Future[_Read] | None, found: list[tuple[str, str]]
+    ) -> None:
+        if job is not None:
+            found = found + self._apply(row, relpath, job.result())
         row["error"] = printable("; ".join(filter(None, [row["error"], *(error for _, error in found)])))
         self.rows.append(row)
         self.problems += [(row["uri"], rule, printable(error)) for rule, error in found]
 
-    def _read(self, key: str, relpath: str, row: dict[str, Any]) -> list[tuple[str, str]]:
-        """Read, hash and decode one file into ``row``; returns the ingest checks it failed on decoding."""
-        data = self.lake.read_bytes(key)
-        digest = hashlib.sha256(data).hexdigest()
-        row.update(bytes=len(data), sha256=digest, split=split_for(digest, self.settings.ingest.split_fractions))
-        row["dup_of"] = self.elsewhere.get(digest) or self.first_seen.get(digest, "")
-        self.first_seen.setdefault(digest, f"this batch:{relpath}")
+    def _apply(self, row: dict[str, Any], relpath: str, read: _Read) -> list[tuple[str, str]]:
+        row.update(
+            bytes=read.size, sha256=read.sha256, split=split_for(read.sha256, self.settings.ingest.split_fractions)
+        )
+        row["dup_of"] = self.first_seen.get(read.sha256, "")
+        self.first_seen.setdefault(read.sha256, f"this batch:{relpath}")
         row["decode_ok"] = False
-        try:
-            stats, pixels = _decode(data, self.settings, self.formats)
-        except DisallowedFormat as exc:
+        if read.outcome == "format":
             row["decode_ok"] = None  # never decoded: image_format names the row, image_decodes skips it
-            return [("image_format", str(exc))]
-        except UnsupportedMode as exc:
-            row.update(decode_ok=True, mode_ok=False, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
-            row["error"] = _decode_error(data, exc)
+            return [("image_format", read.error)]
+        if read.outcome == "mode":
+            row.update(decode_ok=True, mode_ok=False, error=read.error)
+        elif read.outcome == "error":
+            row["error"] = read.error
         else:
-            row.update(stats, decode_ok=True, mode_ok=True, row=len(self.images))
-            self.images.append(pixels)
+            assert read.pixels is not None
+            shard, at = self.writer.add(read.pixels)
+            row.update(read.stats, decode_ok=True, mode_ok=True, row=self.decoded, shard=shard, shard_row=at)
+            self.decoded += 1
         return []
 
+    def _mark_duplicates(self) -> None:
+        """Rows whose content is already curated or frozen elsewhere: one index lookup for the whole batch."""
+        where = self.elsewhere([row["sha256"] for row in self.rows if row.get("sha256")])
+        for row in self.rows:
+            if row.get("sha256") in where:  # elsewhere wins over an earlier copy in this batch
+                row["dup_of"] = where[row["sha256"]]
 
-def build_manifest(lake: Lake, batch_id: str, settings: Settings) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """One manifest row per file in the batch, the decoded images of the rows that decoded, and the
-    row-level ingest checks that failed (one row per ``uri``, ``rule``, ``error``)."""
-    import numpy as np
+
+def build_manifest(
+    lake: Lake, batch_id: str, settings: Settings, shard_dir: Path
+) -> tuple[pd.DataFrame, list[ShardInfo], pd.DataFrame]:
+    """One manifest row per file in the batch, the shards of the rows that decoded (written into
+    ``shard_dir``, not yet published), and the row-level ingest checks that failed (``uri``, ``rule``, ``error``)."""
     import pandas as pd
 
+    from ml.training.shards import ShardWriter, capacity
+
     _require_committed(lake, batch_id)
-    scan = _Scan(lake, batch_id, settings, known_hashes(lake), image_formats(settings.ingest.extensions))
-    for entry in _list_entries(lake, batch_id):
-        scan.add(entry)
-    manifest = pd.DataFrame(scan.rows).reindex(columns=MANIFEST_COLUMNS)
+    hashindex.ensure_indexed(lake)
+    store, channels = settings.image.stored, settings.image.channels
+    writer = ShardWriter(shard_dir, (store, store, channels), capacity(store, channels, settings.image.shard_mb))
+    scan = _Scan(lake, batch_id, settings, lambda hashes: hashindex.lookup(lake, hashes),
+                 image_formats(settings.ingest.extensions), writer)  # fmt: skip
+    scan.run(_list_entries(lake, batch_id))
+    shards = writer.close()
+    manifest = pd.DataFrame(scan.rows).reindex(columns=[*MANIFEST_COLUMNS, "shard", "shard_row"])
     manifest = manifest.astype(
         {"path_ok": bool, "decode_ok": "boolean", "mode_ok": "boolean", "row": "int64", "label": object, "error": str}
     )
-    size, channels = settings.image.size, settings.image.channels
-    stacked = np.stack(scan.images) if scan.images else np.zeros((0, size, size, channels), dtype=np.uint8)
-    return manifest, stacked, pd.DataFrame(scan.problems, columns=["uri", "rule", "error"])
+    return manifest, shards, pd.DataFrame(scan.problems, columns=["uri", "rule", "error"])
 
 
 def ingest_batch(
@@ -495,12 +555,18 @@ def ingest_batch(
     dataset_id = dataset_id or batch_id
     if lake.exists(layout.manifest(dataset_id, root)):
         log.info("batch %s is already in %s/%s; nothing to redo", batch_id, root, dataset_id)
+        if not hashindex.has_segment(lake, root, dataset_id):  # killed between the manifest and the index
+            hashindex.add(lake, root, dataset_id, read_manifest(lake, dataset_id, root)["sha256"])
         return {"batch_id": batch_id, "status": "curated", "already_done": True,
                 **_curated_summary(lake, dataset_id, root)}  # fmt: skip
     if (failure := _batch_failure(lake, batch_id)) is not None:
         return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
+    with tempfile.TemporaryDirectory(prefix="ct-ingest-", dir=lake.scratch()) as tmp:
+        return _curate(lake, batch_id, settings, root, dataset_id, Path(tmp))
 
-    manifest, images, problems = build_manifest(lake, batch_id, settings)
+
+def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id: str, tmp: Path) -> dict[str, Any]:
+    manifest, shards, problems = build_manifest(lake, batch_id, settings, tmp)
     outcome = validate_manifest(manifest, settings, problems)
     passes, checked, dropped = [(outcome, VALIDATION)], manifest, manifest.iloc[0:0]
     if not outcome.success and settings.ingest.on_bad_rows == "drop":
@@ -522,15 +588,16 @@ def ingest_batch(
         # The quarantined manifest holds every row, the dropped ones too: the report names them.
         return _quarantine(
             lake, batch_id, [(f, stage) for result, stage in passes for f in result.failures], rows=len(checked),
-            manifest=checked, expectations_evaluated=outcome.evaluated, dropped_rows=len(dropped),
+            manifest=checked[MANIFEST_COLUMNS], expectations_evaluated=outcome.evaluated, dropped_rows=len(dropped),
             validation_uri=lake.uri(layout.join(report_dir, "validation.html")),
         )  # fmt: skip
 
-    manifest = _write_shards(lake, dataset_id, root, manifest, images, settings)
+    manifest = _publish_shards(lake, dataset_id, root, manifest, shards, tmp)
     if len(dropped):
-        _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped)
-    # The manifest is written last: its presence is what makes the batch curated.
+        _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped[MANIFEST_COLUMNS])
+    # The manifest is written after every shard it names: its presence is what makes the batch curated.
     _write_parquet(lake, layout.manifest(dataset_id, root), manifest)
+    hashindex.add(lake, root, dataset_id, manifest["sha256"])
     if lake.exists(layout.quarantine_report(batch_id)):
         lake.delete_prefix(layout.quarantine(batch_id))  # an earlier rejection was fixed by configuration
     log.info("batch %s curated: %d images, %d dropped", batch_id, len(manifest), len(dropped))
@@ -653,34 +720,25 @@ def _curated_summary(lake: Lake, dataset_id: str, root: str = layout.CURATED) ->
     }
 
 
-def _write_shards(
-    lake: Lake, dataset_id: str, root: str, manifest: pd.DataFrame, images: np.ndarray, settings: Settings
+def _publish_shards(
+    lake: Lake, dataset_id: str, root: str, manifest: pd.DataFrame, shards: list[ShardInfo], tmp: Path
 ) -> pd.DataFrame:
-    """Write the kept rows as fixed-capacity shards; returns the manifest with each row's shard, place and hash.
+    """Publish the batch's shards (each atomically) and give every kept row its shard's hash.
 
-    Each shard is published atomically as soon as it is full. The manifest, written after all of
-    them, is what names them: until it exists no reader looks at ``shards/``, and a rerun rewrites them.
+    A rerun after a kill rewrites them; until the manifest names them, no reader looks at ``shards/``.
+    Rows dropped after decoding leave their pixels in a shard that no manifest row points at.
     """
     import numpy as np
 
-    from ml.training.shards import ShardWriter, capacity
-
-    store, channels = settings.image.stored, settings.image.channels
-    lake.delete_prefix(layout.shards(dataset_id, root))  # a killed earlier attempt's shards, never named
-    with tempfile.TemporaryDirectory(prefix="ct-ingest-") as tmp:
-        writer = ShardWriter(
-            Path(tmp), (store, store, channels), capacity(store, channels, settings.image.shard_mb),
-            lambda name, path: lake.write_file(layout.shard(dataset_id, name, root), path),
-        )  # fmt: skip
-        places = [writer.add(images[row]) for row in manifest["row"].to_numpy()]
-        written = {info.name: info.sha256 for info in writer.close()}
-    names = [name for name, _ in places]
+    lake.delete_prefix(layout.shards(dataset_id, root))  # an earlier attempt's, never named by a manifest
+    for info in shards:
+        lake.write_file(layout.shard(dataset_id, info.name, root), tmp / info.name)
+    hashes = {info.name: info.sha256 for info in shards}
     return manifest.assign(
         row=np.arange(len(manifest), dtype=np.int64),
-        shard=names,
-        shard_row=np.array([at for _, at in places], dtype=np.int64),
-        shard_sha256=[written[name] for name in names],
-    )
+        shard_row=manifest["shard_row"].astype("int64"),
+        shard_sha256=manifest["shard"].map(hashes),
+    )[CURATED_COLUMNS]
 
 
 def _write_parquet(lake: Lake, key: str, frame: pd.DataFrame) -> None:

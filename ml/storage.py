@@ -13,6 +13,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,6 +96,10 @@ class Lake(ABC):
     def write_file(self, key: str, path: Path) -> None:
         self.write_bytes(key, path.read_bytes())
 
+    def scratch(self) -> Path | None:
+        """Where temporary files are cheapest to publish from (None: the system's temporary folder)."""
+        return None
+
     def read_json(self, key: str) -> Any:
         """Parse a JSON object; a corrupt one raises :class:`CorruptState` naming it."""
         data = self.read_bytes(key)
@@ -144,8 +149,30 @@ class LocalLake(Lake):
         self._publish(key, lambda fh: fh.write(data), os.replace)
 
     def write_file(self, key: str, path: Path) -> None:
-        with open(path, "rb") as src:
-            self._publish(key, lambda fh: shutil.copyfileobj(src, fh, 1 << 22), os.replace)
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        linked = target.parent / f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        try:
+            os.link(path, linked)  # same filesystem (the lake's scratch folder): publish without copying
+        except OSError:
+            with open(path, "rb") as src:
+                self._publish(key, lambda fh: shutil.copyfileobj(src, fh, 1 << 22), os.replace)
+            return
+        try:
+            fd = os.open(linked, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(linked, target)
+        finally:
+            linked.unlink(missing_ok=True)
+
+    def scratch(self) -> Path:
+        """A folder for temporary files on the lake's own filesystem, so that ``write_file`` links, not copies."""
+        folder = self.root / ".scratch"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()

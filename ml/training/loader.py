@@ -10,10 +10,10 @@ Two ways to feed the device:
 
 * **Resident:** when the training set's uint8 bytes fit ``resident_bytes``, it is copied to the
   device once, shard by shard, and every batch is an index into it.
-* **Streaming:** background threads gather each batch's rows from memory-mapped shards into a pool
-  of host buffers (pinned on CUDA); the copy to the device runs on a side stream, overlapping the
-  previous step. At most ``ring`` + ``threads`` shards are mapped at once, and a shard's mapping is
-  dropped when the ring moves on, so host memory does not grow with the dataset.
+* **Streaming:** background threads read each batch's rows from the shards straight into a pool of
+  host buffers (pinned on CUDA) with ``preadv``; the copy to the device runs on a side stream,
+  overlapping the previous step. Nothing is memory-mapped, so the page cache does the caching and
+  the process holds only its buffers: host memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml.training.shards import open_shard
+from ml.training.shards import ShardFile
 
 
 @dataclass(frozen=True)
@@ -77,31 +77,42 @@ def rank_batches(order: np.ndarray, batch_size: int, world: int = 1, rank: int =
 
 
 class _Shards:
-    """Open memory maps, least recently used dropped first (dropping the map releases its pages)."""
+    """Open shard files, least recently used closed first."""
 
     def __init__(self, paths: tuple[Path, ...], keep: int) -> None:
         self.paths, self.keep = paths, max(keep, 1)
-        self.open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.open: OrderedDict[int, ShardFile] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, index: int) -> np.ndarray:
+    def get(self, index: int) -> ShardFile:
         with self.lock:
             if index in self.open:
                 self.open.move_to_end(index)
                 return self.open[index]
-            array = open_shard(self.paths[index], None)
-            self.open[index] = array
+            shard = ShardFile(self.paths[index])
+            self.open[index] = shard
             while len(self.open) > self.keep:
-                self.open.popitem(last=False)
-            return array
+                self.open.popitem(last=False)[1].close()
+            return shard
+
+    def close(self) -> None:
+        with self.lock:
+            while self.open:
+                self.open.popitem()[1].close()
 
 
 def gather(data: ShardSet, rows: np.ndarray, shards: _Shards, out: np.ndarray) -> None:
-    """Copy ``rows`` (row ids of ``data``) into ``out[: len(rows)]``, reading each shard once."""
+    """Copy ``rows`` (row ids of ``data``) into ``out[: len(rows)]``, in order, reading each row once."""
     which = data.shard[rows]
     for s in np.unique(which):
         positions = np.flatnonzero(which == s)
-        out[positions] = shards.get(int(s))[data.row[rows[positions]]]
+        shard = shards.get(int(s))
+        if np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
+            shard.read_rows(data.row[rows[positions]], out[positions[0] : positions[0] + len(positions)])
+        else:
+            part = np.empty((len(positions), *data.shape), np.uint8)
+            shard.read_rows(data.row[rows[positions]], part)
+            out[positions] = part
 
 
 class Loader:
@@ -133,11 +144,15 @@ class Loader:
         """The whole training set on the device as uint8, copied one shard at a time."""
         images = torch.empty((len(self.data), *self.data.shape), dtype=torch.uint8, device=self.device)
         shards = _Shards(self.data.paths, 1)
-        for s in range(len(self.data.paths)):
-            ids = np.flatnonzero(self.data.shard == s)
-            if len(ids):
-                pixels = np.ascontiguousarray(shards.get(s)[self.data.row[ids]])
-                images[torch.from_numpy(ids).to(self.device)] = torch.from_numpy(pixels).to(self.device)
+        try:
+            for s in range(len(self.data.paths)):
+                ids = np.flatnonzero(self.data.shard == s)
+                if len(ids):
+                    pixels = np.empty((len(ids), *self.data.shape), np.uint8)
+                    shards.get(s).read_rows(self.data.row[ids], pixels)
+                    images[torch.from_numpy(ids).to(self.device)] = torch.from_numpy(pixels).to(self.device)
+        finally:
+            shards.close()
         return images
 
     def plan(self, epoch: int) -> list[np.ndarray]:
@@ -205,6 +220,7 @@ class Loader:
                 yield images, labels
         finally:
             stop.set()
+            shards.close()
             if in_use is not None:
                 self._release(in_use, pool)
             for _ in workers:

@@ -100,8 +100,12 @@ def fit(
     checkpoints: Checkpoints | None = None,
     validate: Callable[[nn.Module], float] | None = None,
     dist: Dist = Dist(),
+    on_step: Callable[[int, int], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place; returns one metrics record per epoch, and where it resumed from."""
+    """Train ``model`` in place; returns one metrics record per epoch, and where it resumed from.
+
+    ``on_step(epoch, step)`` runs after every optimizer step (benchmarks time the loop with it).
+    """
     torch.manual_seed(cfg.seed)
     model.to(device)
     if device.type == "cuda":
@@ -162,6 +166,8 @@ def fit(
             scheduler.step()
             running += loss.detach().double() * len(labels)  # stays on the device: no sync per step
             seen += len(labels)
+            if on_step is not None:
+                on_step(epoch, step)
             if time.monotonic() - last_save >= cfg.checkpoint_seconds and step + 1 < steps:
                 loss_sum = float(running)
                 save(epoch, step + 1)

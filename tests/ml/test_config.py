@@ -102,3 +102,13 @@ def test_unknown_top_level_variable_is_warned_about(tmp_path: Path, caplog: pyte
         settings = load_settings({"CT_HOME": str(tmp_path), "CT_LABLES": "cat,dog", **known})
     assert settings.labels == tuple(str(d) for d in range(10)), "an unknown variable changes nothing"
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["ignoring CT_LABLES"]
+
+
+def test_image_channels_and_store_size_come_from_the_environment() -> None:
+    settings = load_settings({"CT_IMAGE__CHANNELS": "3", "CT_IMAGE__SIZE": "224", "CT_IMAGE__STORE_SIZE": "256"})
+    assert (settings.image.channels, settings.image.size, settings.image.stored) == (3, 224, 256)
+    assert load_settings({"CT_IMAGE__SIZE": "48"}).image.stored == 48, "store_size defaults to size"
+    with pytest.raises(ConfigError, match=r"must be at least image\.size"):
+        load_settings({"CT_IMAGE__SIZE": "224", "CT_IMAGE__STORE_SIZE": "200"})
+    with pytest.raises(ConfigError, match=r"image\.channels"):
+        load_settings({"CT_IMAGE__CHANNELS": "2"})

@@ -1,0 +1,236 @@
+"""Ingest throughput and memory at scale, next to a bare decode + hash + resize loop on the same cores.
+
+For each size (default 20k and 100k synthetic 256 px RGB PNGs, :mod:`ml.synthetic`):
+
+* ``bare``: a thread pool (one thread per core) that reads each file, hashes it, decodes it with
+  PIL and resizes it to ``image.store_size``: the floor for what ingest has to do;
+* ``ct``: ``ingest_batch`` on the same landing batch in its own process: listing checks, the same
+  work in ``ingest.workers`` threads, shards, Great Expectations, the manifest and the hash index.
+
+It prints img/s for both, their ratio (target >= 0.7) and ct's peak RSS at each size (target: the
+largest within 10% of the smallest). Then the duplicate check: 50 batches ingested one after the
+other, the 50th against the 2nd (target: within 20%). With ``--s3`` it repeats the ratio and the
+duplicate check with the lake in moto's S3 server over HTTP.
+
+The PNGs are generated once into ``.ct/bench/ingest`` and reused. Run:
+``.venv/bin/python bench/ingest_throughput.py`` (about 30 minutes on 2 cores the first time, most of
+it writing 100k PNGs); ``--sizes 2000 10000`` for a quicker, indicative run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO / ".ct" / "bench" / "ingest"
+STORE = 256
+LABELS = tuple(str(i) for i in range(10))
+
+
+def _write_chunk(args: tuple[str, int, int, int, int]) -> int:
+    from PIL import Image
+
+    from ml import synthetic
+
+    folder, start, count, size, seed = args
+    images, labels = synthetic.images(count, size, len(LABELS), seed=seed)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        path = Path(folder) / "images" / str(label) / f"{start + i:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path, "PNG", compress_level=1)
+    return count
+
+
+def landing(lake_root: Path, batch_id: str, count: int, size: int = 256, seed: int = 0) -> Path:
+    """A committed landing batch of ``count`` synthetic PNGs (made once, then reused)."""
+    folder = lake_root / "landing" / batch_id
+    marker = folder / "_COMMITTED"
+    if marker.exists():
+        return folder
+    chunk = 500
+    jobs = [(str(folder), s, min(chunk, count - s), size, seed * 1_000_003 + s) for s in range(0, count, chunk)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_write_chunk, jobs))
+    marker.write_bytes(b"")
+    return folder
+
+
+def _bare_one(path: Path) -> int:
+    from PIL import Image
+
+    data = path.read_bytes()
+    hashlib.sha256(data).hexdigest()
+    with Image.open(io.BytesIO(data)) as img:
+        resized = img.convert("RGB").resize((STORE, STORE), Image.Resampling.BILINEAR)
+    return resized.width
+
+
+def bare(folder: Path) -> dict[str, float]:
+    files = sorted((folder / "images").rglob("*.png"))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        for _ in pool.map(_bare_one, files, chunksize=64):
+            pass
+    seconds = time.perf_counter() - started
+    return {"images": len(files), "seconds": seconds, "img_per_s": len(files) / seconds}
+
+
+def _settings_env(lake_uri: str, home: Path) -> dict[str, str]:
+    return {**os.environ, "CT_HOME": str(home), "CT_LAKE_URI": lake_uri, "CT_IMAGE__SIZE": "224",
+            "CT_IMAGE__STORE_SIZE": str(STORE), "CT_IMAGE__CHANNELS": "3", "CT_INGEST__MAX_ROWS": "10000000",
+            "PYTHONPATH": str(REPO)}  # fmt: skip
+
+
+def ct_child(batch_id: str) -> None:
+    """In a child process: ingest one batch, print seconds, images and peak RSS as JSON."""
+    import great_expectations  # noqa: F401 - imported before the clock starts, as in a warm worker
+
+    from ml.config import load_settings
+    from ml.ingest import ingest_batch
+    from ml.storage import Lake
+
+    settings = load_settings()
+    lake = Lake.from_uri(settings.lake_uri)
+    started = time.perf_counter()
+    result = ingest_batch(lake, batch_id, settings)
+    seconds = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"status": result["status"], "images": result.get("images", 0), "seconds": seconds,
+                      "img_per_s": result.get("images", 0) / seconds, "peak_rss_mb": rss}))  # fmt: skip
+
+
+def ct(batch_id: str, env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--child", batch_id], env=env, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["status"] != "curated":
+        raise RuntimeError(f"{batch_id} was not curated: {result}")
+    return result
+
+
+def duplicate_check(lake_uri: str, home: Path, write: Any, batches: int = 50, per_batch: int = 400) -> dict[str, float]:
+    """Ingest ``batches`` small batches one after another; the time of each, in order."""
+    env = {**_settings_env(lake_uri, home), "CT_IMAGE__SIZE": "32", "CT_IMAGE__STORE_SIZE": "32"}
+    times = []
+    for b in range(batches):
+        write(f"dup-{b:03d}", per_batch, b)
+        times.append(ct(f"dup-{b:03d}", env)["seconds"])
+    return {"second_s": times[1], "last_s": times[-1], "ratio": times[-1] / times[1]}
+
+
+def _moto() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(150):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--dup-batches", type=int, default=50)
+    parser.add_argument("--s3", action="store_true", help="also measure on moto's S3 server (10k images)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        ct_child(args.child)
+        return 0
+    lake_root = DATA / "lake"
+    ok = True
+    rows = []
+    for count in args.sizes:
+        home = DATA / f"home-{count}"
+        folder = landing(lake_root, f"png-{count}", count)
+        subprocess.run(["rm", "-rf", str(lake_root / "curated"), str(lake_root / "state"), str(home)], check=True)
+        floor = bare(folder)
+        mine = ct(f"png-{count}", _settings_env(lake_root.as_uri(), home))
+        rows.append((count, floor, mine))
+        print(f"{count:>7,} PNGs  bare {floor['img_per_s']:7.0f} img/s   ct {mine['img_per_s']:7.0f} img/s   "
+              f"ratio {mine['img_per_s'] / floor['img_per_s']:.2f}   ct peak RSS {mine['peak_rss_mb']:.0f} MB",
+              flush=True)  # fmt: skip
+    worst = min(m["img_per_s"] / f["img_per_s"] for _, f, m in rows)
+    ok &= _target(f"ingest / bare >= 0.7 at every size: min {worst:.2f}", worst >= 0.7)
+    if len(rows) > 1:
+        growth = rows[-1][2]["peak_rss_mb"] / rows[0][2]["peak_rss_mb"]
+        ok &= _target(f"peak RSS at {rows[-1][0]:,} within 10% of {rows[0][0]:,}: x{growth:.3f}", growth <= 1.10)
+
+    def write_local(batch_id: str, count: int, seed: int) -> None:
+        landing(DATA / "dups" / "lake", batch_id, count, size=32, seed=1000 + seed)
+
+    subprocess.run(["rm", "-rf", str(DATA / "dups" / "lake" / "curated"), str(DATA / "dups" / "lake" / "state")],
+                   check=True)  # fmt: skip
+    dups = duplicate_check((DATA / "dups" / "lake").as_uri(), DATA / "dups" / "home", write_local, args.dup_batches)
+    print(f"duplicate check: batch 2 {dups['second_s']:.2f} s, batch {args.dup_batches} {dups['last_s']:.2f} s")
+    ok &= _target(f"batch {args.dup_batches} within 20% of batch 2: x{dups['ratio']:.2f}", dups["ratio"] <= 1.2)
+    if args.s3:
+        ok &= s3_run(args.dup_batches)
+    return 0 if ok else 1
+
+
+def s3_run(dup_batches: int, count: int = 10_000) -> bool:
+    import boto3
+
+    proc, endpoint = _moto()
+    try:
+        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update({**creds, "CT_S3_ENDPOINT_URL": endpoint})
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="bench")
+        folder = landing(DATA / "lake", f"png-{count}", count)
+        files = sorted(folder.rglob("*"))
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda p: s3.upload_file(str(p), "bench", f"lake/landing/png-{count}/{p.relative_to(folder)}"),
+                          [p for p in files if p.is_file()]))  # fmt: skip
+        floor = bare(folder)  # local files: the floor does no network at all
+        mine = ct(f"png-{count}", _settings_env("s3://bench/lake", DATA / "home-s3"))
+        ratio = mine["img_per_s"] / floor["img_per_s"]
+        print(f"S3 {count:,} PNGs  bare (local files) {floor['img_per_s']:.0f} img/s   ct over HTTP "
+              f"{mine['img_per_s']:.0f} img/s   ratio {ratio:.2f}   peak RSS {mine['peak_rss_mb']:.0f} MB")  # fmt: skip
+        ok = _target(f"S3: ingest / bare >= 0.7: {ratio:.2f}", ratio >= 0.7)
+
+        def write_s3(batch_id: str, n: int, seed: int) -> None:
+            local = landing(DATA / "dups-s3", batch_id, n, size=32, seed=2000 + seed)
+            for p in local.rglob("*"):
+                if p.is_file():
+                    s3.upload_file(str(p), "bench", f"dups/landing/{batch_id}/{p.relative_to(local)}")
+
+        dups = duplicate_check("s3://bench/dups", DATA / "dups-s3-home", write_s3, dup_batches)
+        print(f"S3 duplicate check: batch 2 {dups['second_s']:.2f} s, batch {dup_batches} {dups['last_s']:.2f} s")
+        return ok & _target(
+            f"S3: batch {dup_batches} within 20% of batch 2: x{dups['ratio']:.2f}", dups["ratio"] <= 1.2
+        )
+    finally:
+        proc.terminate()
+
+
+def _target(text: str, ok: bool) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'}  {text}", flush=True)
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())
