@@ -27,6 +27,8 @@ from ml.training.shards import ShardError, open_shard
 
 @dataclass(frozen=True)
 class Split:
+    """Rows held in memory (drift experiments, tests); the pipeline streams :class:`Rows` instead."""
+
     images: np.ndarray  # uint8, N x H x W x C
     labels: np.ndarray  # int64 indices into the configured label list
     rows: pd.DataFrame  # batch_id, sha256, label: which rows these are, for paired evaluation
@@ -211,48 +213,3 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
         return images
     top, left = (height - size) // 2, (width - size) // 2
     return images[:, top : top + size, left : left + size]
-
-
-def load_split(
-    lake: Lake,
-    batch_ids: list[str],
-    split: str | None,
-    labels: tuple[str, ...],
-    root: str = layout.CURATED,
-    size: int | None = None,
-) -> Split:
-    """The ``split`` rows (None: all rows) of the given batches under ``root``, in batch then manifest order.
-
-    With ``size``, images are centre-cropped from their stored size to the model's input size.
-    """
-    index = {name: i for i, name in enumerate(labels)}
-    images, targets, frames = [], [], []
-    with ShardReader(lake) as reader:
-        for batch_id in batch_ids:
-            manifest = read_manifest(lake, batch_id, root)
-            chosen = manifest if split is None else manifest[manifest["split"] == split]
-            if chosen.empty:
-                continue
-            pixels = reader.gather(chosen, root, dataset=batch_id)
-            images.append(center_crop(pixels, size) if size else pixels)
-            targets.append(chosen["label"].map(index).to_numpy(dtype=np.int64))
-            frames.append(chosen[["batch_id", "sha256", "label"]])
-    if not images:
-        return Split(
-            np.zeros((0, 1, 1, 1), np.uint8),
-            np.zeros(0, np.int64),
-            pd.DataFrame(columns=["batch_id", "sha256", "label"]),
-        )
-    return Split(np.concatenate(images), np.concatenate(targets), pd.concat(frames, ignore_index=True))
-
-
-def concat(first: Split, second: Split) -> Split:
-    if len(second) == 0:
-        return first
-    if len(first) == 0:
-        return second
-    return Split(
-        np.concatenate([first.images, second.images]),
-        np.concatenate([first.labels, second.labels]),
-        pd.concat([first.rows, second.rows], ignore_index=True),
-    )

@@ -24,7 +24,6 @@ unless the torch model's top two logits are within the tolerance of each other (
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Iterable
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from ml.model.factory import build_model
+from ml.training.shards import sha256_file
 
 FORMAT = "ct.weights/1"
 SPEC, WEIGHTS, ONNX = "spec.json", "weights.pt", "model.onnx"
@@ -65,23 +65,15 @@ class ModelSpec:
         return torch.zeros(rows, self.channels, self.image_size, self.image_size)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save(model: nn.Module, spec: ModelSpec, folder: Path, onnx: bool = True) -> dict[str, Any]:
     """Write ``model`` as weights + spec (+ ONNX) into ``folder``; returns the spec as written."""
     folder.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
     torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, folder / WEIGHTS)
-    files = {WEIGHTS: _sha256(folder / WEIGHTS)}
+    files = {WEIGHTS: sha256_file(folder / WEIGHTS)}
     if onnx:
         export_onnx(model, spec, folder / ONNX)
-        files[ONNX] = _sha256(folder / ONNX)
+        files[ONNX] = sha256_file(folder / ONNX)
     record = {
         "format": FORMAT,
         **asdict(spec),
@@ -114,7 +106,7 @@ def _checked(folder: Path, record: dict[str, Any], name: str) -> Path:
     expected = (record.get("files") or {}).get(name)
     if not path.is_file() or expected is None:
         raise ModelFileError(f"{folder} lacks {name}, which its spec should name")
-    if _sha256(path) != expected:
+    if sha256_file(path) != expected:
         raise ModelFileError(f"{path} is not the file its spec names (SHA-256 differs): refusing to load it")
     return path
 

@@ -60,7 +60,7 @@ def test_a_crafted_pickle_in_the_weights_file_is_refused_and_never_run(tmp_path:
     # The attacker controls the artifact store: they swap the weights and fix up the spec's hash too.
     (folder / artifact.WEIGHTS).write_bytes(pickle.dumps({"conv.weight": Payload(marker)}))
     record = json.loads((folder / artifact.SPEC).read_text())
-    record["files"][artifact.WEIGHTS] = artifact._sha256(folder / artifact.WEIGHTS)
+    record["files"][artifact.WEIGHTS] = artifact.sha256_file(folder / artifact.WEIGHTS)
     (folder / artifact.SPEC).write_text(json.dumps(record))
     with pytest.raises(ModelFileError, match="holds more than tensors"):
         artifact.load(folder)

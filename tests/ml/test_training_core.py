@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ml import layout
-from ml.data import ShardReader, load_split, shard_set
+from ml.data import ShardReader, rows_of, shard_set
 from ml.ingest import ingest_batch, read_manifest
 from ml.model import build_model
 from ml.training import shards
@@ -87,8 +87,8 @@ def test_a_failed_publish_leaves_no_manifest_and_a_rerun_curates_the_batch(
     assert manifest["shard"].nunique() > 1, "0.05 MB shards: the batch spans several"
     assert sorted(lake.list_children(layout.shards("b1"))) == sorted(manifest["shard"].unique())
     # Every row reads back as what a single-array load gives, through the checked shards.
-    whole = load_split(lake, ["b1"], None, small.labels)
     with ShardReader(lake) as reader:
+        whole = rows_of(reader, ["b1"], None, small.labels).images()
         rows = shard_set(lake, reader, ["b1"], "train", small.labels)
     assert len(rows) == int((manifest["split"] == "train").sum()) and len(rows.paths) == manifest["shard"].nunique()
     assert len(whole) == 150
