@@ -22,7 +22,7 @@ from ml import layout
 from ml.ingest import read_manifest
 from ml.storage import Lake, LocalLake
 from ml.training.loader import ShardSet
-from ml.training.shards import ShardError, open_shard
+from ml.training.shards import ShardError, ShardFile, open_shard
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,15 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def batches(self, rows: int = 512) -> Iterator[np.ndarray]:
+        return batched(self.images, rows)
+
+
+def batched(images: np.ndarray, rows: int = 512) -> Iterator[np.ndarray]:
+    """In-memory images, a batch at a time (what :meth:`Rows.batches` gives for streamed rows)."""
+    for start in range(0, len(images), rows):
+        yield images[start : start + rows]
+
 
 def shard_columns(manifest: pd.DataFrame) -> pd.DataFrame:
     """``shard``, ``shard_row`` and ``shard_sha256`` for every row, also for a manifest from before shards."""
@@ -45,7 +54,7 @@ def shard_columns(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 class ShardReader:
-    """Local, hash-checked, memory-mapped shards of curated batches; a context manager (S3 downloads go away)."""
+    """Local, hash-checked shards of curated batches; a context manager (S3 downloads go away)."""
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
@@ -83,39 +92,41 @@ class ShardReader:
         self._checked[key] = local
         return local
 
-    def open(self, batch_id: str, name: str, sha256: str | None, root: str = layout.CURATED) -> np.ndarray:
-        return open_shard(self.path(batch_id, name, sha256, root), None)
-
     def gather(self, manifest: pd.DataFrame, root: str = layout.CURATED, dataset: str | None = None) -> np.ndarray:
         """The rows of ``manifest``, in its order, as one array.
 
         A row's shard lives under its ``dataset`` folder: ``dataset`` when given, else the row's
-        ``dataset`` column, else its ``batch_id`` (a golden set keeps its source batch's ids).
+        ``dataset`` column, else its ``batch_id`` (a golden set keeps its source batch's ids). Rows
+        are read by offset (:class:`~ml.training.shards.ShardFile`), as the training loader reads them.
         """
         frame = shard_columns(manifest).reset_index(drop=True)
-        folders = frame["dataset"] if dataset is None and "dataset" in frame else dataset or frame["batch_id"]
-        frame = frame.assign(dataset=folders)
-        parts: list[tuple[np.ndarray, np.ndarray]] = []  # (positions in the output, pixels)
+        if dataset is not None:
+            frame = frame.assign(dataset=dataset)
+        elif "dataset" not in frame:
+            frame = frame.assign(dataset=frame["batch_id"])
+        out: np.ndarray | None = None
         groups: Any = frame.groupby(["dataset", "shard"], sort=False)
         for (folder, name), rows in groups:
-            shard = self.open(str(folder), str(name), rows["shard_sha256"].iloc[0], root)
-            parts.append((rows.index.to_numpy(), np.asarray(shard[rows["shard_row"].to_numpy()])))
-        if not parts:
-            return np.zeros((0, 1, 1, 1), np.uint8)
-        out = np.empty((len(frame), *parts[0][1].shape[1:]), dtype=np.uint8)
-        for positions, pixels in parts:
-            out[positions] = pixels
-        return out
+            shard = ShardFile(self.path(str(folder), str(name), rows["shard_sha256"].iloc[0], root))
+            try:
+                if out is None:
+                    out = np.empty((len(frame), *shard.shape), dtype=np.uint8)
+                pixels = np.empty((len(rows), *shard.shape), dtype=np.uint8)
+                shard.read_rows(rows["shard_row"].to_numpy(), pixels)
+            finally:
+                shard.close()
+            out[rows.index.to_numpy()] = pixels
+        return out if out is not None else np.zeros((0, 1, 1, 1), np.uint8)
 
 
-def shard_set(lake: Lake, reader: ShardReader, batch_ids: list[str], split: str, labels: tuple[str, ...]) -> ShardSet:
+def shard_set(reader: ShardReader, batch_ids: list[str], split: str, labels: tuple[str, ...]) -> ShardSet:
     """The ``split`` rows of ``batch_ids`` as a :class:`~ml.training.loader.ShardSet`: local shard files, no pixels read."""
     index = {name: i for i, name in enumerate(labels)}
     paths: dict[Path, int] = {}
     shard, row, targets = [], [], []
     shape: tuple[int, ...] = ()
     for batch_id in batch_ids:
-        manifest = shard_columns(read_manifest(lake, batch_id))
+        manifest = shard_columns(read_manifest(reader.lake, batch_id))
         chosen = manifest[manifest["split"] == split]
         for (name, sha256), rows in chosen.groupby(["shard", "shard_sha256"], sort=True, dropna=False):
             path = reader.path(batch_id, str(name), None if pd.isna(sha256) else str(sha256))

@@ -28,7 +28,6 @@ import stat
 import tempfile
 import unicodedata
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -442,7 +441,6 @@ class _Scan:
     lake: Lake
     batch_id: str
     settings: Settings
-    elsewhere: Callable[[list[str]], dict[str, str]]  # sha256s -> where they are already curated or frozen
     formats: frozenset[str]
     writer: ShardWriter
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -517,7 +515,7 @@ class _Scan:
 
     def _mark_duplicates(self) -> None:
         """Rows whose content is already curated or frozen elsewhere: one index lookup for the whole batch."""
-        where = self.elsewhere([row["sha256"] for row in self.rows if row.get("sha256")])
+        where = hashindex.lookup(self.lake, [row["sha256"] for row in self.rows if row.get("sha256")])
         for row in self.rows:
             if row.get("sha256") in where:  # elsewhere wins over an earlier copy in this batch
                 row["dup_of"] = where[row["sha256"]]
@@ -536,8 +534,7 @@ def build_manifest(
     hashindex.ensure_indexed(lake)
     store, channels = settings.image.stored, settings.image.channels
     writer = ShardWriter(shard_dir, (store, store, channels), capacity(store, channels, settings.image.shard_mb))
-    scan = _Scan(lake, batch_id, settings, lambda hashes: hashindex.lookup(lake, hashes),
-                 image_formats(settings.ingest.extensions), writer)  # fmt: skip
+    scan = _Scan(lake, batch_id, settings, image_formats(settings.ingest.extensions), writer)
     scan.run(_list_entries(lake, batch_id))
     shards = writer.close()
     manifest = pd.DataFrame(scan.rows).reindex(columns=[*MANIFEST_COLUMNS, "shard", "shard_row"])

@@ -9,7 +9,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,6 @@ def to_tensor(images: np.ndarray, device: Any) -> Any:
     return to_float(torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True))
 
 
-def batched(images: np.ndarray, rows: int = 512) -> Iterator[np.ndarray]:
-    """In-memory images, a batch at a time (what :meth:`ml.data.Rows.batches` gives for streamed rows)."""
-    for start in range(0, len(images), rows):
-        yield images[start : start + rows]
-
-
 def predict(model: Any, batches: Iterable[np.ndarray], device: Any) -> np.ndarray:
     """Class index per row, in row order, over uint8 NHWC batches (streamed: one batch in memory at a time)."""
     import torch
@@ -117,11 +111,10 @@ def fit(model: Any, train: Split, val: Split, settings: Settings, device: Any) -
 
 
 def _validator(val: Any, device: Any) -> Any:
-    """Accuracy on the validation rows (in memory, or streamed :class:`ml.data.Rows`) after each epoch."""
+    """Accuracy on the validation rows (:class:`ml.data.Split` or streamed :class:`ml.data.Rows`) after each epoch."""
     if not len(val):
         return None
-    batches = val.batches if hasattr(val, "batches") else lambda: batched(val.images)
-    return lambda model: float((predict(model, batches(), device) == val.labels).mean())
+    return lambda model: float((predict(model, val.batches(), device) == val.labels).mean())
 
 
 class LakeCheckpoints:
@@ -209,15 +202,16 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
             return existing
         if settings.train.num_threads:
             torch.set_num_threads(settings.train.num_threads)
+        window = load_window(lake, run_key)
         if not dist.main:
-            _fit_window(lake, settings, run_key, device, dist)
+            _fit_window(lake, settings, window, device, dist)
             return {"rank": dist.rank, "trained": True}
-        return _train_and_register(lake, settings, run_key, device, mlflow_client, exp_id)
+        return _train_and_register(lake, settings, window, device, dist, mlflow_client, exp_id)
     finally:
         distributed.stop(dist)
 
 
-def _fit_window(lake: Lake, settings: Settings, run_key: str, device: Any, dist: Any) -> tuple[Any, Any, int, int]:
+def _fit_window(lake: Lake, settings: Settings, window: Window, device: Any, dist: Any) -> tuple[Any, Any, int, int]:
     """Build the model and train it on the window's train rows: (model, fit result, train rows, val rows)."""
     import torch
 
@@ -225,39 +219,36 @@ def _fit_window(lake: Lake, settings: Settings, run_key: str, device: Any, dist:
     from ml.model import build_model
     from ml.training.loop import fit as run_fit
 
-    window = load_window(lake, run_key)
     with ShardReader(lake) as reader:
-        train_rows = shard_set(lake, reader, window.train_batches, "train", settings.labels)
+        train_rows = shard_set(reader, window.train_batches, "train", settings.labels)
         if len(train_rows) == 0:
-            raise CtError(f"window {run_key} has no training rows in {window.train_batches}")
+            raise CtError(f"window {window.run_key} has no training rows in {window.train_batches}")
         val_split = rows_of(reader, window.train_batches, "val", settings.labels, size=settings.image.size)
         torch.manual_seed(settings.train.seed)  # weight init draws from the global generator: the same on every rank
         model = build_model(settings.train.arch, settings.image.channels, len(settings.labels))
         loader = loader_for(train_rows, settings, device, world=dist.world, rank=dist.rank)
         result = run_fit(
             model, loader, fit_config(settings), device, fingerprint(settings, window),
-            checkpoints=LakeCheckpoints(lake, run_key), validate=_validator(val_split, device), dist=dist,
+            checkpoints=LakeCheckpoints(lake, window.run_key), validate=_validator(val_split, device), dist=dist,
         )  # fmt: skip
     return model, result, len(train_rows), len(val_split)
 
 
 def _train_and_register(
-    lake: Lake, settings: Settings, run_key: str, device: Any, mlflow_client: Any, exp_id: str
+    lake: Lake, settings: Settings, window: Window, device: Any, dist: Any, mlflow_client: Any, exp_id: str
 ) -> dict[str, Any]:
     import mlflow
 
     from ml.model import artifact
     from ml.model.artifact import ModelSpec
-    from ml.training import distributed
 
-    window = load_window(lake, run_key)
+    run_key = window.run_key
     started = time.perf_counter()
     with mlflow.start_run(
         experiment_id=exp_id,
         run_name=f"train-{run_key}",
         tags={registry.RUN_KEY_TAG: run_key, **registry.process_tags()},
     ) as run:
-        dist = distributed.from_env()
         mlflow.log_params(
             {
                 **{f"train.{k}": v for k, v in settings.train.model_dump().items()},
@@ -272,7 +263,7 @@ def _train_and_register(
         )
         mlflow.set_tags({"ct.code_version": code_version(), "ct.train_batches": ",".join(window.train_batches)[:4000]})
         mlflow.log_dict(window.to_dict(), "data_window.json")
-        model, result, train_rows, val_rows = _fit_window(lake, settings, run_key, device, dist)
+        model, result, train_rows, val_rows = _fit_window(lake, settings, window, device, dist)
         history = result.history
         for record in history:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))

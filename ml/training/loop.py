@@ -87,10 +87,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def fit(
     model: nn.Module,
     loader: Loader,
@@ -141,7 +137,7 @@ def fit(
         nonlocal last_save
         if checkpoints is None or not dist.main:
             return
-        state = {"fingerprint": fingerprint, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng": _rng_state(device), "epoch": next_epoch,
                  "step": next_step, "loss_sum": loss_sum, "seen": seen, "history": history,
                  "config": asdict(cfg)}  # fmt: skip
@@ -176,7 +172,7 @@ def fit(
             torch.distributed.all_reduce(totals)
         record = {"epoch": float(epoch), "train_loss": float(totals[0]) / max(float(totals[1]), 1.0)}
         if validate is not None and dist.main:
-            record["val_accuracy"] = validate(_unwrap(model))
+            record["val_accuracy"] = validate(model)
         history.append(record)
         log.info("epoch %d: %s", epoch, record)
         epoch, start, loss_sum, seen = epoch + 1, 0, 0.0, 0

@@ -89,7 +89,7 @@ def test_a_failed_publish_leaves_no_manifest_and_a_rerun_curates_the_batch(
     # Every row reads back as what a single-array load gives, through the checked shards.
     with ShardReader(lake) as reader:
         whole = rows_of(reader, ["b1"], None, small.labels).images()
-        rows = shard_set(lake, reader, ["b1"], "train", small.labels)
+        rows = shard_set(reader, ["b1"], "train", small.labels)
     assert len(rows) == int((manifest["split"] == "train").sum()) and len(rows.paths) == manifest["shard"].nunique()
     assert len(whole) == 150
 
