@@ -46,6 +46,7 @@ def _runs_tests(config: pytest.Config) -> bool:
 XDIST_GROUPS = {"tests/faults/": "faults", "tests/integration/test_server_profile.py": "server-profile"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into the node ids it schedules by
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         where = Path(str(item.path)).relative_to(REPO).as_posix()
@@ -54,9 +55,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.xdist_group(group))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run split groups: a later test would find another worker's fresh stack, not its own.
+
+    xdist groups by a ``@group`` suffix it writes into each node id; when pytest stops honouring
+    that write (9.2 did: pytest-dev/pytest-xdist#1386), the groups are silently spread over the
+    workers. This makes that a loud error instead of a flaky test.
+    """
+    if not hasattr(session.config, "workerinput") or not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        message = (f"xdist ignored the xdist_group marks (e.g. {lost[0]}): this pytest and pytest-xdist do not "
+                   "group tests; use the versions in requirements.lock")  # fmt: skip
+        print(f"ERROR: {message}", file=sys.stderr)  # a worker's own error reaches the terminal only this way
+        raise pytest.UsageError(message)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from ct_airflow import postgres
 
+    if "airflow.settings" in sys.modules:  # close Airflow's pool now, not in an atexit hook after the server is gone
+        sys.modules["airflow.settings"].dispose_orm()
     postgres.stop(SESSION_PG_HOME)
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 

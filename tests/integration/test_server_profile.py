@@ -124,11 +124,16 @@ class Stack:
         assert not exposed, f"listening beyond loopback: {exposed}"
 
     def check_alive(self) -> None:
-        if stopped := [s.name for s in self.services if s.process.poll() is not None]:
-            pytest.fail(f"{', '.join(stopped)} exited; see {self.log_path}")
+        """Fail with what a person would look at: who exited with what, and the tails of both logs."""
+        stopped = [f"{s.name} (exit {s.process.returncode})" for s in self.services if s.process.poll() is not None]
+        if stopped or not postgres.is_running(self.home):
+            pg_log = postgres.log_path(self.home)
+            pg_tail = pg_log.read_text(errors="replace")[-2000:] if pg_log.exists() else "(no log)"
+            pytest.fail(f"{', '.join(stopped) or 'PostgreSQL'} exited.\n--- services.log ---\n{self.tail()}\n"
+                        f"--- PostgreSQL's log ---\n{pg_tail}", pytrace=False)  # fmt: skip
 
     def tail(self) -> str:
-        return self.log_path.read_text()[-3000:]
+        return self.log_path.read_text(errors="replace")[-4000:]
 
     def s3(self) -> Any:
         import boto3
@@ -232,6 +237,7 @@ def test_a_committed_batch_flows_through_ingest_and_retrain(stack: Stack) -> Non
     champion = client.get_model_version_by_alias("ct-classifier", "champion")
     assert champion.version == str(gate["candidate_version"]), (champion.version, gate["candidate_version"])
     assert client.get_run(champion.run_id).info.status == "FINISHED"
+    stack.check_alive()
 
 
 #: The README's backfill commands (Operations), over 30 daily intervals of ct_retrain.
@@ -264,9 +270,11 @@ def _run_backfill(stack: Stack, *extra: str) -> int:
     return int(backfill_id)
 
 
+@pytest.mark.timeout(2 * BACKFILL_TIMEOUT_S + 300)  # two backfills of 30 runs, one at a time: past the default 900 s
 def test_backfill_over_30_days_twice_on_postgres(stack: Stack) -> None:
     from mlflow import MlflowClient
 
+    stack.check_alive()  # the tracking server is the one the first test promoted through, not a newcomer on its port
     client = MlflowClient(tracking_uri=stack.tracking, registry_uri=stack.tracking)
     champion = client.get_model_version_by_alias("ct-classifier", "champion").version
     versions = {v.version for v in client.search_model_versions("name='ct-classifier'")}
