@@ -120,7 +120,9 @@ class IngestConfig(_Section):
     )
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     workers: int | None = Field(
-        None, ge=1, description="Threads that read, hash, decode and resize images (default: one per CPU core)"
+        None,
+        ge=1,
+        description="Threads that read, hash, decode and resize images (default: one per CPU core, four on S3)",
     )
 
     @field_validator("extensions")

@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import stat
 import tempfile
 import unicodedata
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -235,7 +237,7 @@ def _local_batch_failure(lake: LocalLake, batch_id: str) -> RuleFailure | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     relpath: str  # relative to the batch root, '/'-separated, as listed (undecodable bytes as surrogates)
     path_ok: bool
@@ -247,24 +249,7 @@ def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
     """Every file under the batch's ``images/``, flagging any path that leaves the batch root."""
     root_key = layout.landing(batch_id)
     if isinstance(lake, LocalLake):
-        root = lake.path(root_key)
-        real_root = os.path.realpath(root)
-        entries = []
-        for dirpath, dirnames, filenames in os.walk(root / "images", followlinks=False):
-            # Symlinked folders are not walked into; they are reported like any other entry.
-            names = filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
-            for name in names:
-                full = os.path.join(dirpath, name)
-                rel = Path(full).relative_to(root).as_posix()
-                real = os.path.realpath(full)
-                inside = os.path.commonpath([real_root, real]) == real_root
-                if not inside:
-                    entries.append(_Entry(rel, False, "resolves outside the batch root"))
-                elif not os.path.isfile(real):
-                    entries.append(_Entry(rel, False, "not a regular file"))
-                else:
-                    entries.append(_Entry(rel, True, size=os.stat(real).st_size))
-        return sorted(entries, key=lambda e: e.relpath)
+        return sorted(_local_entries(str(lake.path(root_key))), key=lambda e: e.relpath)
     entries = []
     for key, size in sorted(lake.list_sizes(layout.join(root_key, "images")).items()):
         rel = key[len(root_key) + 1 :]
@@ -277,6 +262,34 @@ def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
         except UnsafePath as exc:
             entries.append(_Entry(rel, False, str(exc)))
     return entries
+
+
+def _local_entries(root: str) -> Iterator[_Entry]:
+    """The files under ``root/images`` on a file system, one directory read at a time.
+
+    ``_batch_failure`` has checked that ``root`` and ``images/`` are real folders where they say, so
+    a regular file or folder met here is inside the batch; only a symlink needs resolving. A
+    symlinked folder is not walked into: like a symlinked file, it is an entry, judged by its target.
+    """
+    real_root = os.path.realpath(root)
+    folders = ["images"] if os.path.isdir(os.path.join(root, "images")) else []
+    while folders:
+        folder = folders.pop()
+        with os.scandir(os.path.join(root, folder)) as listing:
+            for item in listing:
+                rel = f"{folder}/{item.name}"
+                if item.is_dir(follow_symlinks=False):
+                    folders.append(rel)
+                elif item.is_file(follow_symlinks=False):
+                    yield _Entry(rel, True, size=item.stat(follow_symlinks=False).st_size)
+                elif not item.is_symlink():
+                    yield _Entry(rel, False, "not a regular file")  # a fifo, a socket, a device
+                elif os.path.commonpath([real_root, real := os.path.realpath(item.path)]) != real_root:
+                    yield _Entry(rel, False, "resolves outside the batch root")
+                elif not os.path.isfile(real):
+                    yield _Entry(rel, False, "not a regular file")
+                else:
+                    yield _Entry(rel, True, size=os.stat(real).st_size)
 
 
 def _layout_problem(relpath: str) -> str | None:
@@ -367,7 +380,9 @@ def describe(image: Any, settings: Settings) -> tuple[dict[str, Any], np.ndarray
 
     pixels = np.asarray(image, dtype=np.uint8)
     # One pass over the pixels: their histogram gives every statistic exactly (uint8 has 256 values).
-    counts = np.bincount(pixels.ravel(), minlength=256)
+    # PIL's, per band and summed, is NumPy's bincount over every value, four times faster, and lets
+    # the other ingest threads run meanwhile (bincount holds the GIL).
+    counts = np.asarray(image.histogram(), dtype=np.int64).reshape(-1, 256).sum(axis=0)
     values = np.arange(256, dtype=np.float64)
     total = max(int(counts.sum()), 1)
     mean = float(counts @ values) / total
@@ -429,13 +444,127 @@ def _read_one(lake: Lake, key: str, settings: Settings, formats: frozenset[str])
     return _Read(len(data), digest, "ok", stats=stats, pixels=pixels)
 
 
+#: Manifest columns held in NumPy arrays while a batch is scanned, with the value that marks "none":
+#: the smallest type that holds each exactly (min and max are whole numbers 0..255).
+_NUMBERS: dict[str, tuple[str, float]] = {
+    "width": ("int32", -1), "height": ("int32", -1), "channels": ("int8", -1), "bytes": ("int64", -1),
+    "row": ("int32", -2), "shard_row": ("int32", -1), "mean": ("float64", math.nan), "std": ("float64", math.nan),
+    "min": ("int16", -1), "max": ("int16", -1), "bright": ("float64", math.nan),
+}  # fmt: skip
+_FLAGS = ("path_ok", "decode_ok", "mode_ok")  # 1, 0, or -1 for None
+_TEXTS = ("label", "error", "mode", "shard")  # few distinct values: a code per row, each text stored once
+_FLOATS = ("mean", "std", "min", "max", "bright")  # float columns in the manifest, whatever they are stored as
+
+
+class _Columns:
+    """A batch's manifest rows while it is scanned: preallocated NumPy columns, about 150 bytes a row.
+
+    One dict per row cost about 2.5 KB, so a batch of 100,000 files held 250 MB of rows and gave
+    Python's collector 100,000 more objects to walk. Here the columns are allocated once for the
+    listing's length (no growth, no copies), digests are 32 bytes a row, a row's name is the
+    listing's own string, and repeated texts (labels, modes, shard names, the empty error) are a
+    code each. :meth:`frame` turns them into the DataFrame after the scan has let go of its shard buffers.
+    """
+
+    def __init__(self, batch_id: str, prefix: str, rows: int) -> None:
+        import numpy as np
+
+        self.batch_id, self.prefix, self.length = batch_id, prefix, 0
+        self.names: list[str] = []  # the uri after ``prefix`` ("" where it does not start with it)
+        self.whole: dict[int, str] = {}  # row -> uri, where it does not start with ``prefix``
+        self.numbers = {name: np.full(rows, none, dtype) for name, (dtype, none) in _NUMBERS.items()}
+        self.flags = {name: np.full(rows, -1, np.int8) for name in _FLAGS}
+        self.codes = {name: np.zeros(rows, np.uint32) for name in _TEXTS}  # 0: None
+        self.texts: list[str | None] = [None]
+        self._code: dict[str, int] = {}
+        self.digests = np.zeros((rows, 32), np.uint8)
+        self.hashed = np.zeros(rows, bool)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _text(self, value: str) -> int:
+        code = self._code.get(value)
+        if code is None:
+            code = self._code[value] = len(self.texts)
+            self.texts.append(value)
+        return code
+
+    def append(self, row: dict[str, Any], relpath: str) -> None:
+        """Add one row; ``relpath`` is its name in the listing (kept as is, not copied)."""
+        import numpy as np
+
+        i = self.length
+        if row["uri"] == self.prefix + relpath:
+            self.names.append(relpath)
+        else:
+            self.whole[i] = row["uri"]
+            self.names.append("")
+        for name, column in self.numbers.items():
+            if (value := row.get(name)) is not None:
+                column[i] = value
+        for name, flags in self.flags.items():
+            if row[name] is not None:
+                flags[i] = int(row[name])
+        for name, codes in self.codes.items():
+            if (value := row.get(name)) is not None:
+                codes[i] = self._text(value)
+        if sha := row.get("sha256"):
+            self.digests[i] = np.frombuffer(bytes.fromhex(sha), np.uint8)
+            self.hashed[i] = True
+        self.length += 1
+
+    def frame(self, settings: Settings, elsewhere: Callable[[list[str]], dict[str, str]]) -> pd.DataFrame:
+        """The manifest as a DataFrame: splits from the digests, and each duplicate's first copy.
+
+        ``elsewhere`` maps digests to the curated or golden dataset that already holds them; that
+        copy wins over an earlier one in this batch.
+        """
+        import numpy as np
+        import pandas as pd
+
+        n = self.length
+        shas: list[str | None] = [self.digests[i].tobytes().hex() if self.hashed[i] else None for i in range(n)]
+        uris = [self.whole.get(i) or self.prefix + name for i, name in enumerate(self.names)]
+        where = elsewhere([sha for sha in shas if sha])
+        first: dict[str, int] = {}
+        dup_of: list[str | None] = []
+        for i, sha in enumerate(shas):
+            if sha is None:
+                dup_of.append(None)
+                continue
+            earlier = first.setdefault(sha, i)
+            dup_of.append(where.get(sha) or (f"this batch:{self.names[earlier]}" if earlier != i else ""))
+        fractions = settings.ingest.split_fractions
+        texts = np.array(self.texts, dtype=object)
+        columns: dict[str, Any] = {
+            "batch_id": [self.batch_id] * n,
+            "uri": uris,
+            "sha256": shas,
+            "dup_of": dup_of,
+            "split": [split_for(sha, fractions) if sha else None for sha in shas],
+            **{name: texts[codes[:n]] for name, codes in self.codes.items()},
+        }
+        for name, values in self.flags.items():
+            columns[name] = pd.arrays.BooleanArray(values[:n] == 1, values[:n] == -1)
+        for name, (_, none) in _NUMBERS.items():
+            values = self.numbers[name][:n]
+            missing = np.isnan(values) if isinstance(none, float) and math.isnan(none) else values == none
+            if name in _FLOATS or missing.any():  # as pandas types a column of Python numbers with a gap
+                columns[name] = np.where(missing, np.nan, values.astype(np.float64))
+            else:
+                columns[name] = values.astype(np.int64)
+        return pd.DataFrame(columns)
+
+
 @dataclass
 class _Scan:
     """One pass over a batch's files: manifest rows, shards of the decoded pixels, and failed ingest checks.
 
     Files are read, hashed and decoded by ``ingest.workers`` threads, at most a few per worker in
     flight, and their results are taken in listing order: the manifest and the shards are the same
-    whatever the timing, and memory holds one shard plus the files in flight, never the batch.
+    whatever the timing, and memory holds one shard plus the files in flight and a few hundred bytes
+    a row (:class:`_Columns`), never the batch.
     """
 
     lake: Lake
@@ -443,16 +572,20 @@ class _Scan:
     settings: Settings
     formats: frozenset[str]
     writer: ShardWriter
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: _Columns
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # uri, rule, error
-    first_seen: dict[str, str] = field(default_factory=dict)
     decoded: int = 0
 
     def run(self, entries: list[_Entry]) -> None:
-        workers = self.settings.ingest.workers or os.cpu_count() or 1
+        """Scan ``entries`` in order, emptying the list as it goes (each entry's row replaces it)."""
+        cores = os.cpu_count() or 1
+        # A local read costs CPU like the decode after it; an S3 GET mostly waits on the network.
+        workers = self.settings.ingest.workers or (cores if isinstance(self.lake, LocalLake) else 4 * cores)
         pending: deque[tuple[dict[str, Any], str, Future[_Read] | None, list[tuple[str, str]]]] = deque()
+        entries.reverse()
         with ThreadPoolExecutor(workers, thread_name_prefix="ct-ingest") as pool:
-            for entry in entries:
+            while entries:
+                entry = entries.pop()
                 row, key, found = self._listed(entry)
                 job = pool.submit(_read_one, self.lake, key, self.settings, self.formats) if key else None
                 pending.append((row, entry.relpath, job, found))
@@ -460,7 +593,6 @@ class _Scan:
                     self._finish(*pending.popleft())
             while pending:
                 self._finish(*pending.popleft())
-        self._mark_duplicates()
 
     def _listed(self, entry: _Entry) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
         found = _listing_problems(entry, self.settings)
@@ -487,18 +619,13 @@ class _Scan:
         self, row: dict[str, Any], relpath: str, job: Future[_Read] | None, found: list[tuple[str, str]]
     ) -> None:
         if job is not None:
-            found = found + self._apply(row, relpath, job.result())
+            found = found + self._apply(row, job.result())
         row["error"] = printable("; ".join(filter(None, [row["error"], *(error for _, error in found)])))
-        self.rows.append(row)
+        self.rows.append(row, relpath)
         self.problems += [(row["uri"], rule, printable(error)) for rule, error in found]
 
-    def _apply(self, row: dict[str, Any], relpath: str, read: _Read) -> list[tuple[str, str]]:
-        row.update(
-            bytes=read.size, sha256=read.sha256, split=split_for(read.sha256, self.settings.ingest.split_fractions)
-        )
-        row["dup_of"] = self.first_seen.get(read.sha256, "")
-        self.first_seen.setdefault(read.sha256, f"this batch:{relpath}")
-        row["decode_ok"] = False
+    def _apply(self, row: dict[str, Any], read: _Read) -> list[tuple[str, str]]:
+        row.update(bytes=read.size, sha256=read.sha256, decode_ok=False)
         if read.outcome == "format":
             row["decode_ok"] = None  # never decoded: image_format names the row, image_decodes skips it
             return [("image_format", read.error)]
@@ -512,13 +639,6 @@ class _Scan:
             row.update(read.stats, decode_ok=True, mode_ok=True, row=self.decoded, shard=shard, shard_row=at)
             self.decoded += 1
         return []
-
-    def _mark_duplicates(self) -> None:
-        """Rows whose content is already curated or frozen elsewhere: one index lookup for the whole batch."""
-        where = hashindex.lookup(self.lake, [row["sha256"] for row in self.rows if row.get("sha256")])
-        for row in self.rows:
-            if row.get("sha256") in where:  # elsewhere wins over an earlier copy in this batch
-                row["dup_of"] = where[row["sha256"]]
 
 
 def build_manifest(
@@ -534,10 +654,14 @@ def build_manifest(
     hashindex.ensure_indexed(lake)
     store, channels = settings.image.stored, settings.image.channels
     writer = ShardWriter(shard_dir, (store, store, channels), capacity(store, channels, settings.image.shard_mb))
-    scan = _Scan(lake, batch_id, settings, image_formats(settings.ingest.extensions), writer)
-    scan.run(_list_entries(lake, batch_id))
-    shards = writer.close()
-    manifest = pd.DataFrame(scan.rows).reindex(columns=[*MANIFEST_COLUMNS, "shard", "shard_row"])
+    entries = _list_entries(lake, batch_id)
+    rows = _Columns(batch_id, lake.uri(layout.landing(batch_id)) + "/", len(entries))
+    scan = _Scan(lake, batch_id, settings, image_formats(settings.ingest.extensions), writer, rows)
+    scan.run(entries)
+    shards = writer.close()  # lets go of its buffers: the frame is built in the memory they held
+    # One index lookup for the whole batch: rows whose content is already curated or frozen elsewhere.
+    manifest = rows.frame(settings, lambda hashes: hashindex.lookup(lake, hashes))
+    manifest = manifest.reindex(columns=[*MANIFEST_COLUMNS, "shard", "shard_row"])
     manifest = manifest.astype(
         {"path_ok": bool, "decode_ok": "boolean", "mode_ok": "boolean", "row": "int64", "label": object, "error": str}
     )
@@ -589,6 +713,7 @@ def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id
             validation_uri=lake.uri(layout.join(report_dir, "validation.html")),
         )  # fmt: skip
 
+    del checked  # every row, dropped ones too: the quarantine's, not needed past here (a batch is held once)
     manifest = _publish_shards(lake, dataset_id, root, manifest, shards, tmp)
     if len(dropped):
         _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped[MANIFEST_COLUMNS])
@@ -598,7 +723,7 @@ def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id
     if lake.exists(layout.quarantine_report(batch_id)):
         lake.delete_prefix(layout.quarantine(batch_id))  # an earlier rejection was fixed by configuration
     log.info("batch %s curated: %d images, %d dropped", batch_id, len(manifest), len(dropped))
-    summary = _curated_summary(lake, dataset_id, root)
+    summary = _curated_summary(lake, dataset_id, root, manifest)
     return {"batch_id": batch_id, "status": "curated", "already_done": False, "dropped": len(dropped), **summary}
 
 
@@ -708,8 +833,11 @@ def freeze_golden(lake: Lake, batch_id: str, name: str, settings: Settings) -> d
     return {**result, "golden_set": name}
 
 
-def _curated_summary(lake: Lake, dataset_id: str, root: str = layout.CURATED) -> dict[str, Any]:
-    manifest = read_manifest(lake, dataset_id, root)
+def _curated_summary(
+    lake: Lake, dataset_id: str, root: str = layout.CURATED, manifest: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """Images and splits of a curated dataset (from ``manifest`` when the caller has it in hand)."""
+    manifest = read_manifest(lake, dataset_id, root) if manifest is None else manifest
     return {
         "images": len(manifest),
         "splits": {str(k): int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
@@ -731,17 +859,33 @@ def _publish_shards(
     for info in shards:
         lake.write_file(layout.shard(dataset_id, info.name, root), tmp / info.name)
     hashes = {info.name: info.sha256 for info in shards}
-    return manifest.assign(
-        row=np.arange(len(manifest), dtype=np.int64),
-        shard_row=manifest["shard_row"].astype("int64"),
-        shard_sha256=manifest["shard"].map(hashes),
-    )[CURATED_COLUMNS]
+    # In place, not a copy: at 100,000 rows every copy of the manifest costs tens of MB.
+    manifest["row"] = np.arange(len(manifest), dtype=np.int64)
+    manifest["shard_row"] = manifest["shard_row"].astype("int64")
+    manifest["shard_sha256"] = manifest["shard"].map(hashes)
+    return manifest if list(manifest.columns) == CURATED_COLUMNS else manifest[CURATED_COLUMNS]
+
+
+#: Rows converted to Arrow at a time when a frame is written: the conversion's memory is one group's.
+PARQUET_ROWS = 16_384
 
 
 def _write_parquet(lake: Lake, key: str, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as Parquet, a row group at a time (converting 100,000 rows at once took 80 MB)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Arrow's default pool (mimalloc) keeps what it frees for its next allocation; the system
+    # allocator gives it back. This sets the pool of the whole process (a step is a process of its
+    # own), and is idempotent.
+    pa.set_memory_pool(pa.system_memory_pool())
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
     with tempfile.TemporaryDirectory(prefix="ct-parquet-") as tmp:
         path = Path(tmp) / "frame.parquet"
-        frame.to_parquet(path, index=False)
+        with pq.ParquetWriter(path, schema) as writer:
+            for start in range(0, max(len(frame), 1), PARQUET_ROWS):
+                part = frame.iloc[start : start + PARQUET_ROWS]
+                writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
         lake.write_file(key, path)
 
 

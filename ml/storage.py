@@ -237,6 +237,7 @@ class S3Lake(Lake):
         # Retries: botocore's standard mode (AWS_MAX_ATTEMPTS tunes it); then an outage is an error.
         config = Config(
             retries={"mode": "standard"},
+            max_pool_connections=64,  # ingest's readers and the shard uploads run concurrently
             connect_timeout=float(os.environ.get("CT_S3_CONNECT_TIMEOUT", "10")),
             read_timeout=float(os.environ.get("CT_S3_READ_TIMEOUT", "60")),
         )

@@ -92,6 +92,7 @@ class ShardWriter:
             self._wait()
         finally:
             self._writer.shutdown()
+            self.buffers, self.buffer = [], np.empty((0, *self.shape), np.uint8)  # their memory goes back now
         return self.shards
 
     def _wait(self) -> None:
