@@ -69,45 +69,34 @@ def landing(lake_root: Path, batch_id: str, count: int, size: int = 256, seed: i
     return folder
 
 
-def _bare_one(path: Path) -> int:
+def _bare_work(data: bytes) -> int:
     from PIL import Image
 
-    data = path.read_bytes()
     hashlib.sha256(data).hexdigest()
     with Image.open(io.BytesIO(data)) as img:
-        resized = img.convert("RGB").resize((STORE, STORE), Image.Resampling.BILINEAR)
-    return resized.width
+        return img.convert("RGB").resize((STORE, STORE), Image.Resampling.BILINEAR).width
+
+
+def _timed(work: Any, items: list[Any]) -> dict[str, float]:
+    """``work`` over ``items`` in one thread per core; img/s."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        for _ in pool.map(work, items, chunksize=16):
+            pass
+    seconds = time.perf_counter() - started
+    return {"images": len(items), "seconds": seconds, "img_per_s": len(items) / seconds}
 
 
 def bare(folder: Path) -> dict[str, float]:
-    files = sorted((folder / "images").rglob("*.png"))
-    started = time.perf_counter()
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        for _ in pool.map(_bare_one, files, chunksize=64):
-            pass
-    seconds = time.perf_counter() - started
-    return {"images": len(files), "seconds": seconds, "img_per_s": len(files) / seconds}
+    """The floor: read each file, hash it, decode it with PIL and resize it to the store size."""
+    return _timed(lambda path: _bare_work(path.read_bytes()), sorted((folder / "images").rglob("*.png")))
 
 
 def bare_s3(client: Any, bucket: str, prefix: str) -> dict[str, float]:
     """The same floor with every file fetched from S3 first: one GET, then hash, decode and resize."""
-    from PIL import Image
-
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     keys = [o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".png")]
-
-    def one(key: str) -> int:
-        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        hashlib.sha256(data).hexdigest()
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB").resize((STORE, STORE), Image.Resampling.BILINEAR).width
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        for _ in pool.map(one, keys, chunksize=16):
-            pass
-    seconds = time.perf_counter() - started
-    return {"images": len(keys), "seconds": seconds, "img_per_s": len(keys) / seconds}
+    return _timed(lambda key: _bare_work(client.get_object(Bucket=bucket, Key=key)["Body"].read()), keys)
 
 
 def _settings_env(lake_uri: str, home: Path) -> dict[str, str]:
