@@ -156,6 +156,7 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
         "already_done",
         "backfill",
         "superseded_champions",
+        "history_key",  # the decision's page in the dashboard: /ct/decision/<its name>
         "spending",
         "power",
     )

@@ -21,13 +21,21 @@ def lake_key(uri: str, lake_root: str) -> str | None:
 
 
 def report_url(result: dict[str, Any], lake_root: str, base_url: str = "") -> str:
+    """The page a person wants for a step's result: a decision's own page, else its main report.
+
+    JSON and Markdown reports open in the dashboard's style (``/ct/report/...``); HTML reports as they are.
+    """
+    base = base_url.rstrip("/") + WEBAPP_PREFIX
+    history = result.get("history_key")
+    if isinstance(history, str) and history.startswith("state/decisions/"):
+        return f"{base}/decision/{history.rsplit('/', 1)[-1].removesuffix('.json')}"
     candidates = [result.get(field) for field in REPORT_FIELDS]
     for batch in result.get("quarantined", []) + result.get("batches", []):
         candidates += [batch.get("report_uri"), batch.get("manifest_uri")]
     for uri in candidates:
         key = lake_key(uri, lake_root) if isinstance(uri, str) else None
         if key:
-            return f"{base_url.rstrip('/')}{WEBAPP_PREFIX}/lake/{key}"
+            return f"{base}/{'report' if key.endswith(('.json', '.md')) else 'lake'}/{key}"
     return ""
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ml import layout, registry
+from ml import layout, overview, registry
 
 
 def states(dag_run) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -88,7 +88,7 @@ def test_retrain_end_to_end_then_rerun_duplicates_nothing(run_dag, write_batch, 
     key = run_key_from_run_id(first.run_id)
     gate = lake.read_json(layout.report(layout.RETRAIN_DAG, key, "gate.json"))
     assert gate["decision"] == "promote" and gate["candidate_version"] == "1"
-    assert extra_link(first, "gate", "ReportLink") == f"/ct/lake/reports/ct_retrain/{key}/gate.md"
+    assert extra_link(first, "gate", "ReportLink") == f"/ct/decision/{overview.decision_id(gate)}"
     assert extra_link(first, "train", "MlflowModelLink").endswith("/#/models/ct-classifier/versions/1")
 
     # The same DAG run again (a clear-and-rerun): same run_id, so same run key.

@@ -29,7 +29,7 @@ def test_trigger_yields_an_event_with_the_batch_ids(lake, settings, write_batch)
     assert event.payload == {"batch_ids": ["x1"]}
 
 
-def test_report_links_point_at_the_lake_viewer() -> None:
+def test_report_links_open_the_dashboard() -> None:
     root = "file:///srv/ct/lake"
     assert (
         report_url({"html_uri": f"{root}/reports/ct_retrain/k/drift.html"}, root)
@@ -37,6 +37,16 @@ def test_report_links_point_at_the_lake_viewer() -> None:
     )
     quarantined = {"quarantined": [{"report_uri": f"{root}/quarantine/b/report.json"}], "batches": []}
     assert (
-        report_url(quarantined, root, "http://airflow:8080/") == "http://airflow:8080/ct/lake/quarantine/b/report.json"
+        report_url(quarantined, root, "http://airflow:8080/")
+        == "http://airflow:8080/ct/report/quarantine/b/report.json"
+    )
+    # A decision (the gate's, or a rollback's) opens its page, not its raw record.
+    gate = {
+        "gate_md_uri": f"{root}/reports/ct_retrain/k/gate.md",
+        "history_key": "state/decisions/20260101T030000.000001-gate-k.json",
+    }
+    assert report_url(gate, root) == "/ct/decision/20260101T030000.000001-gate-k"
+    assert report_url({"decision_uri": f"{root}/reports/ct_retrain/k/decision.json"}, root) == (
+        "/ct/report/reports/ct_retrain/k/decision.json"
     )
     assert report_url({"html_uri": "s3://elsewhere/x"}, root) == ""

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 def client(lake):  # type: ignore[no-untyped-def]
     from airflow.api_fastapi.core_api.security import get_user
 
-    from ct_airflow.webapp import create_app
+    from ct_airflow.ui.app import create_app
 
     app = create_app()
     app.dependency_overrides[get_user] = lambda: {"name": "tester"}
@@ -50,6 +50,6 @@ def test_one_corrupt_record_does_not_hide_the_others(client, lake) -> None:
 
 
 def test_requires_an_airflow_login(lake) -> None:
-    from ct_airflow.webapp import create_app
+    from ct_airflow.ui.app import create_app
 
     assert TestClient(create_app()).get("/decisions").status_code in (401, 403)

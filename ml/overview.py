@@ -1,0 +1,226 @@
+"""What the ct dashboard shows, read from the lake: plain data, no HTML, no Airflow.
+
+Every function here reads records that the steps already commit (``state/decisions/``,
+``reports/ct_retrain/<run_key>/``, ``quarantine/``, ``landing/``) and returns dicts of plain
+values; :mod:`ct_airflow.ui` turns them into pages. Nothing here writes.
+
+* :func:`timeline`: every decision (gate, rollback, forced promotion), newest first;
+* :func:`decision`: one decision's full record, with its report links;
+* :func:`champion_card`: the version behind ``@champion`` as ct last moved it, and why;
+* :func:`drift_series`: each drift feature's score and threshold, run by run;
+* :func:`data_status`: landing batches waiting, curated batches, quarantined batches and their fixes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from ml import layout
+from ml.errors import CorruptState
+from ml.promote import MOVES, history_key, read_history
+from ml.storage import Lake
+
+log = logging.getLogger(__name__)
+
+#: How many of the newest runs the drift charts read (one ``drift.json`` and ``decision.json`` each).
+DRIFT_RUNS = 90
+#: Sample rows shown per failed rule of a quarantined batch.
+SAMPLE_ROWS = 5
+
+
+_DECISION_ID = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}-[a-z]+-[A-Za-z0-9_.-]{1,200}")
+
+
+def decision_id(record: dict[str, Any]) -> str:
+    """A decision's id in URLs: its history record's name, e.g. ``20260103T040000.000000-gate-<run_key>``."""
+    return history_key(record).rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def _check(record: dict[str, Any], name: str) -> dict[str, Any]:
+    return dict((record.get("checks") or {}).get(name) or {})
+
+
+def _report_keys(record: dict[str, Any]) -> dict[str, str]:
+    """Lake keys of the reports behind a decision (only those a gate or an override writes)."""
+    run_key, dag_id = record["run_key"], record.get("dag_id", layout.RETRAIN_DAG)
+    if record.get("kind") != "gate":
+        return {"decision": layout.report(dag_id, run_key, "decision.json")}
+    return {
+        "gate": layout.report(dag_id, run_key, "gate.json"),
+        "evaluation": layout.report(dag_id, run_key, "eval.json"),
+        "drift": layout.report(dag_id, run_key, "drift.html"),
+        "retrain decision": layout.report(dag_id, run_key, "decision.json"),
+    }
+
+
+def timeline_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """One line of the timeline: what was decided, the first reason, and the numbers behind it."""
+    significance, superiority = _check(record, "significance"), _check(record, "superiority")
+    reasons = record.get("reasons") or []
+    return {
+        "id": decision_id(record),
+        "kind": record.get("kind", "gate"),
+        "decision": record["decision"],
+        "moved": record["decision"] in MOVES,
+        "reason": reasons[0] if reasons else "",
+        "decided_at": float(record["decided_at"]),
+        "run_key": record["run_key"],
+        "dag_id": record.get("dag_id", layout.RETRAIN_DAG),
+        "backfill": bool(record.get("backfill")),
+        "actor": record.get("actor"),
+        "candidate_version": record.get("candidate_version"),
+        "champion_version": record.get("champion_version"),
+        "p_value": significance.get("p_value"),
+        "metric": superiority.get("metric"),
+        "delta": superiority.get("delta"),  # candidate minus champion, on the primary metric
+        "lower_bound": significance.get("lower_bound"),  # the one-sided confidence bound on it
+    }
+
+
+def timeline(
+    lake: Lake, decision: str | None = None, backfill: bool | None = None, limit: int | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Decisions newest first, filtered by decision and by live (``backfill=False``) or backfill runs.
+
+    Also returns the unreadable records, named: one corrupt object must not hide the others.
+    """
+    records, problems = read_history(lake)
+    entries = [timeline_entry(r) for r in reversed(records)]
+    if decision:
+        entries = [e for e in entries if e["decision"] == decision]
+    if backfill is not None:
+        entries = [e for e in entries if e["backfill"] == backfill]
+    return entries[:limit] if limit else entries, problems
+
+
+def decision(lake: Lake, ident: str) -> dict[str, Any] | None:
+    """One decision's record by its :func:`decision_id`, with ``report_keys`` that exist; None if unknown."""
+    if not _DECISION_ID.fullmatch(ident):
+        return None
+    key = layout.state(f"decisions/{ident}.json")
+    if not lake.exists(key):
+        return None
+    record = lake.read_json(key)
+    reports = {name: k for name, k in _report_keys(record).items() if lake.exists(k)}
+    return {**record, "id": ident, "report_keys": reports, "entry": timeline_entry(record)}
+
+
+def champion_card(lake: Lake, registry_version: str | None = None) -> dict[str, Any] | None:
+    """The champion as ct's history has it: the last move, and the gate record that admitted that version.
+
+    ``registry_version`` is what MLflow says ``@champion`` is, when it answered; a difference means
+    the alias was moved outside ct, and the card says so.
+    """
+    records, _ = read_history(lake)
+    moves = [r for r in records if r["decision"] in MOVES]
+    if not moves and registry_version is None:
+        return None
+    last = moves[-1] if moves else None
+    version = str(last["candidate_version"]) if last else str(registry_version)
+    admitted = next(
+        (r for r in reversed(records) if r.get("kind") == "gate" and str(r.get("candidate_version")) == version), None
+    )
+    metrics = ((admitted or {}).get("metrics") or {}).get("candidate") or {}
+    return {
+        "version": version,
+        "since": float(last["decided_at"]) if last else None,
+        "moved_by": timeline_entry(last) if last else None,
+        "reasons": list(last.get("reasons") or []) if last else [],
+        "accuracy": metrics.get("accuracy"),
+        "macro_f1": metrics.get("macro_f1"),
+        "eval_rows": (admitted or {}).get("eval_rows"),
+        "train_batches": list((admitted or {}).get("train_batches") or []),
+        "admitted_by": decision_id(admitted) if admitted else None,
+        "registry_version": registry_version,
+        "registry_differs": registry_version is not None and str(registry_version) != version,
+    }
+
+
+def _read_optional(lake: Lake, key: str) -> dict[str, Any] | None:
+    try:
+        value = lake.read_json_or(key, None)
+    except CorruptState:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def drift_series(lake: Lake, runs: int = DRIFT_RUNS) -> dict[str, Any]:
+    """Per feature, the score and threshold of each of the newest ``runs`` drift checks, oldest first.
+
+    Each point says whether that run retrained (``decision.json``) and whether it was a backfill.
+    Runs whose drift step skipped (no new data) have no scores and are left out.
+    """
+    points: list[dict[str, Any]] = []
+    for run_key in lake.list_children(layout.report(layout.RETRAIN_DAG, "", "").rstrip("/")):
+        drift = _read_optional(lake, layout.report(layout.RETRAIN_DAG, run_key, "drift.json"))
+        features = (drift or {}).get("features")
+        if not features:
+            continue
+        decided = _read_optional(lake, layout.report(layout.RETRAIN_DAG, run_key, "decision.json")) or {}
+        points.append({
+            "run_key": run_key,
+            "as_of": decided.get("as_of"),
+            "retrained": bool(decided.get("retrain")),
+            "backfill": bool(decided.get("backfill")),
+            "features": features,
+        })  # fmt: skip
+    # Runs in the order of the time they judged (a backfill judges the past); unknown times go first.
+    points.sort(key=lambda p: (p["as_of"] is not None, p["as_of"] or 0.0, p["run_key"]))
+    points = points[-runs:]
+    series: dict[str, list[dict[str, Any]]] = {}
+    for point in points:
+        for name, entry in point["features"].items():
+            series.setdefault(name, []).append({
+                "run_key": point["run_key"], "as_of": point["as_of"], "retrained": point["retrained"],
+                "backfill": point["backfill"], "score": entry.get("score"), "threshold": entry.get("threshold"),
+                "drifted": bool(entry.get("drifted")), "detector": entry.get("detector"),
+            })  # fmt: skip
+    return {"runs": len(points), "features": dict(sorted(series.items()))}
+
+
+def reingest_hint(batch_id: str) -> dict[str, str]:
+    """How to re-ingest a batch once its problem is fixed: the ``ct_ingest`` conf and the CLI command."""
+    return {
+        "conf": json.dumps({"batch_ids": [batch_id]}),
+        "command": f"python -m ml ingest --batch-id {batch_id}",
+    }
+
+
+def data_status(lake: Lake) -> dict[str, Any]:
+    """Landing batches waiting for ingest, curated batches with their row counts, quarantined batches."""
+    from ml.ingest import curated_batches, pending_batches, quarantined_batches
+
+    curated = []
+    for batch_id in curated_batches(lake):
+        curated.append({"batch_id": batch_id, "rows": _manifest_rows(lake, batch_id),
+                        "validation_key": layout.report(layout.INGEST_DAG, batch_id, "validation.html")})  # fmt: skip
+    quarantined = []
+    for batch_id in quarantined_batches(lake):
+        report = _read_optional(lake, layout.quarantine_report(batch_id)) or {}
+        failures = [
+            {"rule": f.get("rule"), "why": f.get("why"), "observed": f.get("observed"), "stage": f.get("stage"),
+             "unexpected_count": f.get("unexpected_count"), "fix": f.get("fix"),
+             "sample_rows": list(f.get("sample_rows") or [])[:SAMPLE_ROWS]}
+            for f in report.get("failures") or []
+        ]  # fmt: skip
+        quarantined.append({
+            "batch_id": batch_id, "rows": report.get("rows"), "failed_rules": list(report.get("failed_rules") or []),
+            "failures": failures, "landing_uri": report.get("landing_uri"), "report_key": layout.quarantine_report(batch_id),
+            "reingest": reingest_hint(batch_id),
+        })  # fmt: skip
+    return {"pending": pending_batches(lake), "curated": curated, "quarantined": quarantined}
+
+
+def _manifest_rows(lake: Lake, batch_id: str) -> int | None:
+    """A curated batch's row count, from its Parquet footer (no rows are decoded)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with lake.local_file(layout.manifest(batch_id)) as path:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot count the rows of %s: %s", lake.uri(layout.manifest(batch_id)), exc)
+        return None
