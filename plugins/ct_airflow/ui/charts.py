@@ -38,20 +38,19 @@ def drift_chart(name: str, points: list[dict[str, Any]]) -> str:
         f"<title>{escape(name)}: score per run (line), threshold (dashed), retrained runs (rings)</title>",
         f'<line class="axis" x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}"/>',
     ]
-    threshold_path = " ".join(
-        f"{'M' if i == 0 or thresholds[i - 1] is None else 'L'}{x(i):.1f},{y(t):.1f}"
-        for i, t in enumerate(thresholds)
-        if t is not None
-    )
-    if threshold_path:
+
+    def path(values: list[float | None]) -> str:
+        """An SVG path through the known values; a gap (a run without one) starts a new segment."""
+        return " ".join(
+            f"{'M' if i == 0 or values[i - 1] is None else 'L'}{x(i):.1f},{y(v):.1f}"
+            for i, v in enumerate(values)
+            if v is not None
+        )
+
+    if threshold_path := path(thresholds):
         parts.append(f'<path class="threshold" d="{threshold_path}"><title>threshold</title></path>')
-    line = " ".join(
-        f"{'M' if i == 0 or scores[i - 1] is None else 'L'}{x(i):.1f},{y(s):.1f}"
-        for i, s in enumerate(scores)
-        if s is not None
-    )
-    if line:
-        parts.append(f'<path class="score" d="{line}"/>')
+    if score_path := path(scores):
+        parts.append(f'<path class="score" d="{score_path}"/>')
     for i, (point, score) in enumerate(zip(points, scores, strict=True)):
         if score is None:
             continue
