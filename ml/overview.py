@@ -20,7 +20,7 @@ from typing import Any
 
 from ml import layout
 from ml.errors import CorruptState
-from ml.promote import MOVES, history_key, read_history
+from ml.promote import MOVES, history_key
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -81,19 +81,16 @@ def timeline_entry(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def timeline(
-    lake: Lake, decision: str | None = None, backfill: bool | None = None, limit: int | None = None
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Decisions newest first, filtered by decision and by live (``backfill=False``) or backfill runs.
-
-    Also returns the unreadable records, named: one corrupt object must not hide the others.
-    """
-    records, problems = read_history(lake)
+    records: list[dict[str, Any]], decision: str | None = None, backfill: bool | None = None
+) -> list[dict[str, Any]]:
+    """The history's ``records`` (:func:`ml.promote.read_history`) newest first, filtered by decision
+    and by live (``backfill=False``) or backfill runs."""
     entries = [timeline_entry(r) for r in reversed(records)]
     if decision:
         entries = [e for e in entries if e["decision"] == decision]
     if backfill is not None:
         entries = [e for e in entries if e["backfill"] == backfill]
-    return entries[:limit] if limit else entries, problems
+    return entries
 
 
 def decision(lake: Lake, ident: str) -> dict[str, Any] | None:
@@ -103,18 +100,19 @@ def decision(lake: Lake, ident: str) -> dict[str, Any] | None:
     key = layout.state(f"decisions/{ident}.json")
     if not lake.exists(key):
         return None
-    record = lake.read_json(key)
+    record = _read_optional(lake, key)
+    if record is None or "decision" not in record:
+        return None  # unreadable: the overview names it
     reports = {name: k for name, k in _report_keys(record).items() if lake.exists(k)}
     return {**record, "id": ident, "report_keys": reports, "entry": timeline_entry(record)}
 
 
-def champion_card(lake: Lake, registry_version: str | None = None) -> dict[str, Any] | None:
-    """The champion as ct's history has it: the last move, and the gate record that admitted that version.
+def champion_card(records: list[dict[str, Any]], registry_version: str | None = None) -> dict[str, Any] | None:
+    """The champion as ct's history (``records``) has it: the last move, and the gate record that admitted it.
 
     ``registry_version`` is what MLflow says ``@champion`` is, when it answered; a difference means
     the alias was moved outside ct, and the card says so.
     """
-    records, _ = read_history(lake)
     moves = [r for r in records if r["decision"] in MOVES]
     if not moves and registry_version is None:
         return None

@@ -88,7 +88,8 @@ def test_the_pages_tell_the_story_of_promote_reject_rollback_and_quarantine(
 
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "script-src" not in page.headers["content-security-policy"]  # nothing may run
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp  # nothing may run, nothing from elsewhere
     champion = page.text[page.text.index('id="champion"') : page.text.index('id="timeline"')]
     assert re.search(r'class="big"><a [^>]*>v1</a>', champion), champion
     assert "v2 misreads sevens from camera B" in champion and "alice" in champion
@@ -149,6 +150,7 @@ def test_hostile_text_is_escaped_and_a_corrupt_record_is_named(client, lake) -> 
     assert "<script>" not in page.text and "<img src=x>" not in page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page.text
     assert "Skipped an unreadable decision record" in page.text and "gate-broken.json" in page.text
+    assert client.get("/decision/20260102T000000.000000-gate-broken").status_code == 404
     detail = client.get(f"/decision/{overview.decision_id(record)}").text
     assert "&lt;img src=x&gt;" in detail and "<img" not in detail
 

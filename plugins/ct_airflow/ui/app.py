@@ -136,13 +136,13 @@ def create_app() -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def overview(decision: str = "", runs: str = "all") -> HTMLResponse:
         from ml import overview as data
+        from ml.promote import read_history
 
         settings = _settings()
-        lake = _lake(settings)
-        backfill = {"live": False, "backfill": True}.get(runs)
-        entries, problems = data.timeline(lake, decision or None, backfill)
+        records, problems = read_history(_lake(settings))  # once: on S3 every record is a GET
+        entries = data.timeline(records, decision or None, {"live": False, "backfill": True}.get(runs))
         registry_version, registry_problem = _registry_champion(settings)
-        champion = data.champion_card(lake, registry_version)
+        champion = data.champion_card(records, registry_version)
         links = _links(settings, {e["dag_id"] for e in entries})
         return _html(render.page(
             "overview.html", title="Overview", active="overview", base=base, model_name=settings.model_name,
