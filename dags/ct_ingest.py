@@ -22,6 +22,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from ct_airflow.assets import landing_asset
+from ct_airflow.notify import NOTIFY_ARGS
 from ct_airflow.operators import OUTAGE_RETRIES, ct_step
 from ct_airflow.tasks import fail_on_quarantine, publish_curated
 from ml.layout import ID_PATTERN, ID_RULE
@@ -40,7 +41,7 @@ with DAG(
             description=f"Landing batch ids ({ID_RULE}); empty: all pending",
         ),
     },
-    default_args=OUTAGE_RETRIES,
+    default_args={**OUTAGE_RETRIES, **NOTIFY_ARGS},  # a failed task (a quarantine too) sends a message
 ):
     ingest = ct_step(task_id="ingest", step="ingest", execution_timeout=timedelta(hours=2))
     publish_curated(ingest.output)

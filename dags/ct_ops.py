@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param
 
+from ct_airflow.notify import NOTIFY_ARGS, CtNotifier
 from ct_airflow.operators import OUTAGE_RETRIES, OVERRIDE_STEP, ct_step
 
 with DAG(
@@ -24,6 +25,7 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ct", "ops"],
+    default_args=NOTIFY_ARGS,  # a refused or failed move sends a message (ct_notify)
     params={
         "action": Param("rollback", enum=["rollback", "promote"], description="rollback or promote"),
         "version": Param("", type="string", pattern=r"^[0-9]+$", description="Registered model version"),
@@ -32,4 +34,4 @@ with DAG(
 ):
     # A retry of the same run key finishes what an outage interrupted; it never decides twice.
     # The override step runs `python -m ml rollback` or `promote`, as the run's Params say.
-    ct_step(task_id="move_champion", step=OVERRIDE_STEP, **OUTAGE_RETRIES)
+    ct_step(task_id="move_champion", step=OVERRIDE_STEP, on_success_callback=CtNotifier("move"), **OUTAGE_RETRIES)

@@ -11,7 +11,10 @@ backfill run move the champion (by default backfills evaluate and record but nev
 | decide | retrain or skip, with reasons (drift streak and cooldown, new images, model age, quality drop); *skipped* means no reason to retrain | `decision.json`, `state/policy.json` |
 | train | trains a candidate (GPU pod with the kubernetes runner), registers it in MLflow | MLflow run + model version |
 | evaluate | scores candidate and `@champion` on the same test rows | `eval.json` |
-| gate | promotes only on a significant improvement (McNemar / paired bootstrap) with no supported class losing recall, by compare-and-set | `gate.json`, `gate.md`, `state/decisions/` |
+| gate | promotes only on a significant improvement (McNemar / paired bootstrap) with no supported class losing recall, by compare-and-set; with `gate.require_approval`, records `pending` instead | `gate.json`, `gate.md`, `state/decisions/` |
+| approval | only for a `pending` promote: asks `gate.approvers` in Airflow's *Required actions*, with the gate's evidence; skipped otherwise | the answer (XCom) |
+| apply_approval | approve: moves `@champion` by the same compare-and-set; reject: `not approved by <user>: <comment>`; no answer in time: `expired` | `approval.json`, `state/decisions/` |
+| promoted / champion_kept | exactly one succeeds: green `promoted` means the champion moved; its log's first line is the decision and its reason | |
 
 Each task is one `python -m ml <step>` command: a subprocess with the local runner; with the
 kubernetes runner a deferrable pod (`KubernetesPodOperator`) that holds no worker slot while it runs,
@@ -31,8 +34,11 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
+from ct_airflow.approval import CtApprovalOperator
 from ct_airflow.assets import CURATED
-from ct_airflow.operators import OUTAGE_RETRIES, ct_step
+from ct_airflow.notify import NOTIFY_ARGS, CtNotifier
+from ct_airflow.operators import APPROVAL_TASK, OUTAGE_RETRIES, ct_step
+from ct_airflow.tasks import champion_kept, promoted
 
 with DAG(
     dag_id="ct_retrain",
@@ -47,7 +53,7 @@ with DAG(
         "allow_backfill_promote": Param(False, type="boolean", description="Let a backfill run promote"),
     },
     # Retries cover outages (a step that cannot reach MLflow or S3 decides nothing and exits 75).
-    default_args=OUTAGE_RETRIES,
+    default_args={**OUTAGE_RETRIES, **NOTIFY_ARGS},  # a task that fails for good sends a message (ct_notify)
 ):
     drift = ct_step(task_id="drift", step="drift")
     decide = ct_step(task_id="decide", step="decide", step_args=["{{ '--force' if params.force_retrain else '' }}"])
@@ -55,4 +61,10 @@ with DAG(
     evaluate = ct_step(task_id="evaluate", step="evaluate")
     # Backfill runs pass --backfill (and --allow-backfill-promote when the param is set) to the gate.
     gate = ct_step(task_id="gate", step="gate")
-    drift >> decide >> train >> evaluate >> gate
+    # With gate.require_approval, a promote waits here for an approver (awaiting input, no worker held).
+    approval = CtApprovalOperator(task_id=APPROVAL_TASK, retries=0)
+    apply_approval = ct_step(task_id="apply_approval", step="approval")
+    drift >> decide >> train >> evaluate >> gate >> approval >> apply_approval
+    # Exactly one of these succeeds: the grid shows at a glance whether the champion moved.
+    [gate, apply_approval] >> promoted.override(on_success_callback=CtNotifier("move"))()  # a promotion is news
+    [gate, apply_approval] >> champion_kept()

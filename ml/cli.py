@@ -139,7 +139,7 @@ def step_evaluate(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
 
 
 def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.promote import run_gate
+    from ml.promote import PENDING, approval_markdown, headline, run_gate
 
     record = run_gate(
         lake, settings, args.run_key, backfill=args.backfill, allow_backfill_promote=args.allow_backfill_promote
@@ -161,6 +161,9 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
         "power",
     )
     summary = {k: record.get(k) for k in keep}
+    summary["headline"] = headline(record)
+    if record["decision"] == PENDING:
+        summary["approval_body"] = approval_markdown(record)
     summary["candidate_accuracy"] = record["metrics"]["candidate"]["accuracy"]
     summary["champion_accuracy"] = (record["metrics"].get("champion") or {}).get("accuracy")
     summary["p_value"] = record["checks"].get("significance", {}).get("p_value")
@@ -169,11 +172,21 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
 
 
 def step_override(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.promote import run_override
+    from ml.promote import headline, run_override
 
     run_key = args.run_key or f"cli-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
     version = args.to if args.step == "rollback" else args.version
-    return run_override(lake, settings, args.step, str(version), args.reason, run_key, actor=args.actor)
+    record = run_override(lake, settings, args.step, str(version), args.reason, run_key, actor=args.actor)
+    return {**record, "headline": headline(record)}
+
+
+def step_approval(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.promote import headline, run_approval
+
+    record = run_approval(lake, settings, args.run_key, args.answer, args.by or None, args.comment)
+    keep = ("run_key", "decision", "reasons", "candidate_version", "champion_version", "approval", "history_key",
+            "decision_uri", "already_done", "backfill")  # fmt: skip
+    return {**{k: record.get(k) for k in keep}, "headline": headline(record)}
 
 
 def step_freeze_golden(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
@@ -191,6 +204,7 @@ STEPS: dict[str, Step] = {
     "gate": step_gate,
     "rollback": step_override,
     "promote": step_override,
+    "approval": step_approval,
     "freeze-golden": step_freeze_golden,
 }
 
@@ -224,6 +238,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         step.add_argument("--reason", required=True, help="why; recorded in the decision history")
         step.add_argument("--run-key", type=_checked_id, help="idempotency key (default: a timestamp)")
         step.add_argument("--actor", default=os.environ.get("USER", "cli"), help="who asked, for the record")
+    approval = sub.add_parser("approval", help="settle a gate decision that waits for an approver")
+    approval.add_argument("--run-key", required=True, type=_checked_id)
+    approval.add_argument("--answer", required=True, choices=["approve", "reject", "expired"])
+    approval.add_argument("--by", default="", help="who answered (empty for an expired approval)")
+    approval.add_argument("--comment", default="", help="the approver's comment")
     golden = sub.add_parser("freeze-golden", help="validate a landing batch into a frozen golden eval set")
     golden.add_argument("--batch-id", required=True, type=_checked_id)
     golden.add_argument("--name", required=True, type=_checked_id)

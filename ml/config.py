@@ -229,6 +229,15 @@ class GateConfig(_Section):
     max_reevaluations: int = Field(
         3, ge=0, description="When @champion moves during a gate, re-score the new one on the same rows this often"
     )
+    require_approval: bool = Field(
+        False, description="A live promote waits for an approver's answer in Airflow before @champion moves"
+    )
+    approvers: tuple[str, ...] = Field(
+        (), description="Airflow users who may answer an approval; empty: anyone the DAG's permissions allow"
+    )
+    approval_timeout_hours: float = Field(
+        24.0, gt=0, description="An approval nobody answers in this long expires; the champion stays"
+    )
 
 
 class KubernetesConfig(_Section):

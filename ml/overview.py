@@ -20,7 +20,7 @@ from typing import Any
 
 from ml import layout
 from ml.errors import CorruptState
-from ml.promote import MOVES, history_key
+from ml.promote import MOVES, RECORD_NAMES, history_key
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,11 @@ def _check(record: dict[str, Any], name: str) -> dict[str, Any]:
 def _report_keys(record: dict[str, Any]) -> dict[str, str]:
     """Lake keys of the reports behind a decision (only those a gate or an override writes)."""
     run_key, dag_id = record["run_key"], record.get("dag_id", layout.RETRAIN_DAG)
-    if record.get("kind") != "gate":
+    kind = record.get("kind", "gate")
+    if kind not in RECORD_NAMES:
         return {"decision": layout.report(dag_id, run_key, "decision.json")}
     return {
+        **({"approval": layout.report(dag_id, run_key, RECORD_NAMES[kind])} if kind != "gate" else {}),
         "gate": layout.report(dag_id, run_key, "gate.json"),
         "evaluation": layout.report(dag_id, run_key, "eval.json"),
         "drift": layout.report(dag_id, run_key, "drift.html"),
@@ -119,7 +121,8 @@ def champion_card(records: list[dict[str, Any]], registry_version: str | None = 
     last = moves[-1] if moves else None
     version = str(last["candidate_version"]) if last else str(registry_version)
     admitted = next(
-        (r for r in reversed(records) if r.get("kind") == "gate" and str(r.get("candidate_version")) == version), None
+        (r for r in reversed(records) if r.get("kind") in RECORD_NAMES and str(r.get("candidate_version")) == version),
+        None,
     )
     metrics = ((admitted or {}).get("metrics") or {}).get("candidate") or {}
     return {

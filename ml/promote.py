@@ -47,6 +47,12 @@ ACCURACY_TAG = "ct.eval.accuracy"
 MOVES = ("promote", "rollback")  # decisions that move the alias (a gate's promote, or an override)
 OVERRIDES = ("rollback", "promote")
 MIN_REASON_CHARS = 10
+#: A live promote that waits for a person (``gate.require_approval``); it moves nothing until answered.
+PENDING = "pending"
+#: An approval nobody answered in ``gate.approval_timeout_hours``: nothing moved.
+EXPIRED = "expired"
+ANSWERS = ("approve", "reject", EXPIRED)
+RECORD_NAMES = {"gate": "gate.json", "approval": "approval.json"}
 
 
 def gate_key(dag_id: str, run_key: str, name: str = "gate.json") -> str:
@@ -55,8 +61,7 @@ def gate_key(dag_id: str, run_key: str, name: str = "gate.json") -> str:
 
 def record_key(record: dict[str, Any]) -> str:
     """Where a decision's record (its commit point) lives."""
-    name = "gate.json" if record["kind"] == "gate" else "decision.json"
-    return gate_key(record["dag_id"], record["run_key"], name)
+    return gate_key(record["dag_id"], record["run_key"], RECORD_NAMES.get(record["kind"], "decision.json"))
 
 
 # -- the history ------------------------------------------------------------------------------
@@ -155,6 +160,28 @@ def render_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline(record: dict[str, Any]) -> str:
+    """One line for logs, notes and messages: the decision, the versions, the first reason."""
+    candidate, champion = record.get("candidate_version"), record.get("champion_version")
+    reasons = record.get("reasons") or [""]
+    if record.get("kind") in OVERRIDES:  # a person moved it: say who, and from where
+        versions = f"to v{candidate}" + (f" from v{champion}" if champion else "") + f" by {record.get('actor')}"
+    else:
+        versions = f"v{candidate}" + (f" over v{champion}" if champion else "")
+    return f"{str(record['decision']).upper()} {versions}: {reasons[0]}"
+
+
+def approval_markdown(record: dict[str, Any]) -> str:
+    """What an approver reads before answering: the evidence in one line, then the gate's full report."""
+    significance = (record.get("checks") or {}).get("significance") or {}
+    superiority = (record.get("checks") or {}).get("superiority") or {}
+    evidence = (f"**Δ {superiority.get('metric', 'accuracy')}: {_num(superiority.get('delta'))}** "
+                f"(one-sided lower bound {_num(significance.get('lower_bound'))}), "
+                f"p-value {_num(significance.get('p_value'))}")  # fmt: skip
+    report = render_markdown(record).split("\n", 1)[1]  # without its title: the approval has its own
+    return f"{headline(record)}\n\n{evidence}\n{report}"
+
+
 # -- the protocol -----------------------------------------------------------------------------
 def _intent(record: dict[str, Any]) -> dict[str, Any]:
     return {"record_key": record_key(record), "run_key": record["run_key"], "kind": record["kind"],
@@ -186,7 +213,7 @@ def finish(lake: Lake, settings: Settings, mlflow_client: MlflowClient, record: 
     if record["kind"] == "gate":
         lake.write_bytes(gate_key(record["dag_id"], record["run_key"], "gate.md"), render_markdown(record).encode())
     append_history(lake, record)
-    if record["kind"] == "gate":
+    if record["kind"] in RECORD_NAMES:  # a gate, or the answer to its approval
         mlflow_client.set_model_version_tag(name, version, "ct.gate.decision", record["decision"])
         mlflow_client.set_model_version_tag(name, version, "ct.gate.report", lake.uri(record_key(record)))
         # What the policy's quality check compares against once this version is champion.
@@ -280,6 +307,10 @@ def _outcome_record(
         outcome.decision = "reject"
     elif backfill:
         outcome.reasons.append("backfill run: promotion allowed by allow_backfill_promote")
+    elif outcome.decision == "promote" and settings.gate.require_approval:
+        # Decided and recorded now; the alias moves only when an approver says so (run_approval).
+        outcome.reasons.insert(0, "waiting for an approver: the evidence says promote (gate.require_approval)")
+        outcome.decision = PENDING
     superseded = evaluation.get("superseded_champions") or []
     if superseded:
         outcome.reasons.append(
@@ -446,4 +477,58 @@ def run_override(
         _commit_move(lake, settings, mlflow_client, record, lease)
     finish(lake, settings, mlflow_client, record)
     log.info("%s: @%s moved from v%s to v%s (%s)", action, registry.CHAMPION, current, version, reason)
+    return _result(lake, record, already_done=False)
+
+
+def run_approval(lake: Lake, settings: Settings, run_key: str, answer: str, by: str | None, comment: str = "",
+                 dag_id: str = layout.RETRAIN_DAG) -> dict[str, Any]:  # fmt: skip
+    """Settle a pending gate decision with an approver's answer: ``approve``, ``reject`` or ``expired``.
+
+    An approval moves ``@champion`` by the gate's own compare-and-set, under the lease: if the
+    champion moved while the approval waited, nothing moves and the record says why. The record
+    (``approval.json``, its commit point) is the gate's evidence with the answer, who gave it and
+    why. Idempotent per run key, like the gate.
+    """
+    if answer not in ANSWERS:
+        raise CtError(f"unknown answer {answer!r}; choose one of {list(ANSWERS)}")
+    key = gate_key(dag_id, run_key, RECORD_NAMES["approval"])
+    mlflow_client = registry.client(settings)
+    if lake.exists(key):
+        recorded = lake.read_json(key)
+        complete(lake, settings, mlflow_client, recorded)
+        return _result(lake, recorded, already_done=True)
+    pending = lake.read_json(gate_key(dag_id, run_key))
+    if pending.get("decision") != PENDING:
+        raise CtError(f"the gate of {run_key} decided {pending.get('decision')!r}: there is no approval to settle")
+    who = by or "nobody"
+    said = f": {comment.strip()}" if comment.strip() else ""
+    first = {
+        "approve": f"approved by {who}{said}",
+        "reject": f"not approved by {who}{said or ': no comment'}",
+        EXPIRED: f"nobody answered within {settings.gate.approval_timeout_hours:g} h; the champion stays",
+    }[answer]
+    record: dict[str, Any] = {
+        **pending,
+        "kind": "approval",
+        "decided_at": time.time(),
+        "decision": "promote" if answer == "approve" else "reject" if answer == "reject" else EXPIRED,
+        "reasons": [first, *pending["reasons"][1:]],  # the gate's own reasons, without "waiting for an approver"
+        "actor": by,
+        "approval": {"answer": answer, "by": by, "comment": comment.strip(), "gate_decided_at": pending["decided_at"]},
+    }
+    if answer != "approve":
+        lake.write_json(key, record)  # the commit point
+    else:
+        with _lease(lake, settings, mlflow_client, owner=f"{dag_id}/{run_key} (approval)") as lease:
+            current = registry.champion_version(mlflow_client, settings.model_name)
+            if current != pending["champion_version"]:
+                record["decision"] = "reject"
+                record["reasons"][0] = (f"{first}, but @{registry.CHAMPION} moved from v{pending['champion_version']} "
+                                        f"to v{current} while the approval waited; nothing moved")  # fmt: skip
+                lease.check()
+                lake.write_json(key, record)
+            else:
+                _commit_move(lake, settings, mlflow_client, record, lease)
+    finish(lake, settings, mlflow_client, record)
+    log.info("approval of %s: %s (%s)", run_key, record["decision"], record["reasons"][0])
     return _result(lake, record, already_done=False)

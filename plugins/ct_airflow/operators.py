@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -41,11 +42,15 @@ from ct_airflow.runkey import is_backfill, run_key, run_time, triggering_batch_i
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-RUN_KEY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate", "rollback", "promote"})
+RUN_KEY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate", "approval", "rollback", "promote"})
 #: ``ct_ops``: a rollback or a forced promotion, chosen by the run's Params (``action``, ``version``, ``reason``).
 OVERRIDE_STEP = "override"
 STEPS = RUN_KEY_STEPS | {"ingest", OVERRIDE_STEP}
 STDERR_TAIL = 40
+#: Log lines of a step's outcome (a decision and its reasons) are wrapped to this width: none is cut off on screen.
+WRAP = 100
+#: The task that asks an approver, and whose answer ``python -m ml approval`` settles.
+APPROVAL_TASK = "approval"
 # Kept in step with ml.errors (not imported: plugins stay light at parse time).
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -106,6 +111,8 @@ def command_args(step: str, step_args: Sequence[Any], context: Mapping[str, Any]
     if step == OVERRIDE_STEP:
         return override_args(context)
     args = [step, *(str(a) for a in step_args if str(a).strip())]
+    if step == "approval":
+        args += answer_args(context)
     if step in RUN_KEY_STEPS:
         args += ["--run-key", run_key(context)]
     if step == "decide" and (as_of := run_time(context)):
@@ -123,6 +130,33 @@ def command_args(step: str, step_args: Sequence[Any], context: Mapping[str, Any]
         for batch_id in triggering_batch_ids(context) or list(params.get("batch_ids") or []):
             args += ["--batch-id", batch_id]
     return args
+
+
+def answer_args(context: Mapping[str, Any]) -> list[str]:
+    """The approver's answer, as the approval task returned it: ``--answer``, ``--by`` and ``--comment``."""
+    answer = context["ti"].xcom_pull(task_ids=APPROVAL_TASK) or {}
+    if answer.get("answer") not in ("approve", "reject", "expired"):
+        raise AirflowException(f"the {APPROVAL_TASK} task returned no answer: {answer!r}")
+    return [
+        "--answer",
+        answer["answer"],
+        "--by",
+        str(answer.get("by") or ""),
+        "--comment",
+        str(answer.get("comment") or ""),
+    ]
+
+
+def log_outcome(log: Any, result: Mapping[str, Any]) -> None:
+    """A step's one-line outcome (``headline``: a decision and its first reason), wrapped, then its other reasons."""
+    headline = result.get("headline") or result.get("summary")  # decide's summary already joins every reason
+    if not headline:
+        return
+    for i, line in enumerate(textwrap.wrap(str(headline), WRAP, subsequent_indent="    ")):
+        log.info("%s%s", "" if i else "Outcome: ", line)
+    for reason in list(result.get("reasons") or [])[1:] if "headline" in result else []:
+        for line in textwrap.wrap(str(reason), WRAP, initial_indent="  - ", subsequent_indent="    "):
+            log.info("%s", line)
 
 
 def override_args(context: Mapping[str, Any]) -> list[str]:
@@ -155,6 +189,7 @@ class StepMixin:
     step: str
     step_args: list[str]
     step_result: dict[str, Any]  # read by the extra links when the task finishes
+    log: Any  # the operator's task logger
 
     def command_args(self, context: Mapping[str, Any]) -> list[str]:
         """The arguments after ``python -m ml``."""
@@ -170,6 +205,7 @@ class StepMixin:
         if returncode != 0 or "error" in result:
             raise self.step_failure(command, returncode or EXIT_FAILED, result, fallback)
         self.step_result = result
+        log_outcome(self.log, result)
         if "skip" in result:
             raise AirflowSkipException(str(result["skip"]))
         return result

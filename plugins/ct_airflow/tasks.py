@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.task.trigger_rule import TriggerRule
 
 from ct_airflow.assets import CURATED
+
+log = logging.getLogger(__name__)
 
 
 @task(outlets=[CURATED])
@@ -27,3 +31,32 @@ def fail_on_quarantine(result: dict[str, Any]) -> None:
     if quarantined:
         lines = [f"{q['batch_id']}: {', '.join(q['failed_rules'])} (report: {q['report_uri']})" for q in quarantined]
         raise AirflowFailException("batch quarantined, champion untouched:\n" + "\n".join(lines))
+
+
+def final_decision(ti: Any) -> dict[str, Any]:
+    """The run's last word on the champion: the settled approval if there was one, else the gate."""
+    return ti.xcom_pull(task_ids="apply_approval", default=None) or ti.xcom_pull(task_ids="gate", default=None) or {}
+
+
+# The two outcome tasks make a promote and a reject look different in the grid: exactly one of them
+# succeeds, and its log's first line is the decision and its reason (the other is skipped with it).
+@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=0)
+def promoted(ti: Any = None) -> str:
+    """Succeeds when this run moved ``@champion``; skipped otherwise."""
+    decision = final_decision(ti)
+    line = decision.get("headline") or repr(decision)
+    if decision.get("decision") != "promote":
+        raise AirflowSkipException(f"the champion did not move: {line}")
+    log.info("%s", line)
+    return line
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=0)
+def champion_kept(ti: Any = None) -> str:
+    """Succeeds when this run left ``@champion`` where it was (reject, expired); skipped when it promoted."""
+    decision = final_decision(ti)
+    line = decision.get("headline") or repr(decision)
+    if decision.get("decision") == "promote":
+        raise AirflowSkipException(f"the champion moved: {line}")
+    log.info("%s", line)
+    return line

@@ -21,9 +21,14 @@ def test_dagbag_imports_without_errors(dagbag) -> None:
 
 def test_retrain_chain_and_schedule(dagbag) -> None:
     dag = dagbag.dags["ct_retrain"]
-    order = ["drift", "decide", "train", "evaluate", "gate"]
+    order = ["drift", "decide", "train", "evaluate", "gate", "approval", "apply_approval"]
+    outcomes = {"promoted", "champion_kept"}
     for upstream, downstream in itertools.pairwise(order):
-        assert dag.get_task(upstream).downstream_task_ids == {downstream}
+        assert dag.get_task(upstream).downstream_task_ids - outcomes == {downstream}
+    for outcome in outcomes:  # whether or not an approval was asked, exactly one of them succeeds
+        assert dag.get_task(outcome).upstream_task_ids == {"gate", "apply_approval"}
+        assert dag.get_task(outcome).trigger_rule == "none_failed_min_one_success"
+    assert type(dag.get_task("approval")).__name__ == "CtApprovalOperator"
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert set(dag.params.keys()) == {"force_retrain", "allow_backfill_promote"}
 

@@ -304,6 +304,7 @@ def test_default_ct_yaml_is_a_valid_kubernetes_profile(default_objects: list[dic
     settings = Settings.model_validate(ct_yaml(default_objects))
     assert settings.profile == "kubernetes" and settings.runner == "kubernetes"
     assert settings.lake_uri == "s3://ct-lake/prod"
+    assert settings.gate.require_approval and settings.gate.approval_timeout_hours == 24, "production asks a person"
     kube = settings.kubernetes
     assert kube.namespace == STEP_NAMESPACE and kube.service_account == "ct-trainer"
     assert kube.image == "ct-trainer:0.1.0"

@@ -24,6 +24,10 @@ def candidate(run_step, run_key: str) -> dict:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def weak_champion(run_step, write_batch, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    return make_weak_champion(run_step, write_batch, monkeypatch)
+
+
+def make_weak_champion(run_step, write_batch, monkeypatch) -> str:  # type: ignore[no-untyped-def]
     """v1 is a deliberately poor champion (one epoch at a tiny learning rate, promoted under a zero floor)."""
     write_batch("b1", 0, 500)
     run_step("ingest")

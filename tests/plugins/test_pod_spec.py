@@ -23,7 +23,7 @@ from tests.plugins.conftest import RUN_ID, RUN_KEY, SIDECAR_IMAGE
 K8S_VERSION = "1.37.0"
 REPO = Path(__file__).resolve().parents[2]
 #: The ct step tasks of each DAG; the rest are TaskFlow tasks that run in the worker under either runner.
-STEP_TASKS = {"ct_ingest": {"ingest"}, "ct_retrain": {"drift", "decide", "train", "evaluate", "gate"},
+STEP_TASKS = {"ct_ingest": {"ingest"}, "ct_retrain": {"drift", "decide", "train", "evaluate", "gate", "apply_approval"},
               "ct_ops": {"move_champion"}}  # fmt: skip
 
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, HTTPException, Response
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ct_airflow.links import WEBAPP_PREFIX
 from ct_airflow.runkey import run_key_from_run_id
-from ct_airflow.ui import charts, render
+from ct_airflow.ui import actions, charts, render
 
 log = logging.getLogger(__name__)
 SERVED_PREFIXES = ("reports/", "quarantine/", "state/decisions/")
@@ -58,6 +58,37 @@ def _airflow_run_ids(dag_ids: set[str]) -> dict[tuple[str, str], str]:
         log.warning("cannot read DAG runs for the dashboard's links: %s", exc)
         return {}
     return {(dag_id, run_key_from_run_id(run_id)): run_id for dag_id, run_id in rows}
+
+
+def _ops_runs(limit: int = 10) -> list[dict[str, Any]]:
+    """The newest ``ct_ops`` runs: who asked for what, and how it went."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    columns = (DagRun.run_id, DagRun.state, DagRun.triggering_user_name, DagRun.conf, DagRun.run_after)
+    try:
+        with create_session() as session:
+            rows = session.execute(select(*columns).where(DagRun.dag_id == actions.OPS_DAG)
+                                   .order_by(DagRun.id.desc()).limit(limit)).all()  # fmt: skip
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("cannot read ct_ops runs: %s", exc)
+        return []
+    return [{"run_id": r[0], "state": str(r[1] or ""), "user": r[2], "conf": dict(r[3] or {}),
+             "run_key": run_key_from_run_id(r[0]), "when": r[4].timestamp() if r[4] else None} for r in rows]  # fmt: skip
+
+
+def _ops_record(lake: Any, run_key: str) -> dict[str, Any] | None:
+    """The decision a ``ct_ops`` run recorded, once it has."""
+    from ml import layout
+    from ml.overview import decision_id
+
+    key = layout.report(layout.OPS_DAG, run_key, "decision.json")
+    if not lake.exists(key):
+        return None
+    record = lake.read_json(key)
+    return {**record, "id": decision_id(record)}
 
 
 @dataclass
@@ -184,6 +215,55 @@ def create_app() -> FastAPI:
         settings = _settings()
         return _html(render.page("data.html", title="Data", active="data", base=base,
                                  data=data.data_status(_lake(settings)), links=_links(settings, set())))  # fmt: skip
+
+    def actions_page(request: Request, status: int = 200, **form: Any) -> HTMLResponse:
+        from ml.promote import read_history
+
+        settings = _settings()
+        lake = _lake(settings)
+        records, _ = read_history(lake)
+        versions = sorted({str(r["candidate_version"]) for r in records if r.get("candidate_version")}, key=int)
+        runs = _ops_runs()
+        result = next((r for r in runs if r["run_id"] == form.get("run")), None)
+        if result is not None:
+            result["record"] = _ops_record(lake, result["run_key"])
+        response = _html(render.page(
+            "actions.html", title="Actions", active="actions", base=base, versions=versions, runs=runs,
+            champion=data_champion(records), csrf=actions.csrf_token(actions.user_token(request)), result=result,
+            links=_links(settings, set()), **{k: v for k, v in form.items() if k != "run"},
+        ))  # fmt: skip
+        response.status_code = status
+        return response
+
+    def data_champion(records: list[dict[str, Any]]) -> str | None:
+        from ml import overview as data
+
+        card = data.champion_card(records)
+        return card["version"] if card else None
+
+    @app.get("/actions", response_class=HTMLResponse)
+    def actions_form(request: Request, action: str = "rollback", version: str = "", run: str = "") -> HTMLResponse:
+        return actions_page(request, action=action, version=version, run=run)
+
+    @app.post("/actions", response_class=HTMLResponse)
+    def run_action(
+        request: Request,
+        action: str = Form(""),
+        version: str = Form(""),
+        reason: str = Form(""),
+        csrf: str = Form(""),
+    ) -> Response:
+        actions.check_csrf(request, csrf)
+        wanted = actions.Ask(action, version.strip(), reason)
+        if problems := wanted.problems():
+            return actions_page(request, 400, action=action, version=version, reason=reason, errors=problems)
+        outcome = actions.trigger(actions.user_token(request), wanted)
+        if not outcome.ok:
+            log.warning("ct_ops %s to v%s refused: %s", action, version, outcome.message)
+            return actions_page(request, outcome.status, action=action, version=version, reason=reason,
+                                errors=[outcome.message])  # fmt: skip
+        log.info("ct_ops %s to v%s triggered from the dashboard: %s", action, version, outcome.run_id)
+        return RedirectResponse(f"{base}/actions?run={quote(str(outcome.run_id))}", status_code=303)
 
     @app.get("/report/{key:path}", response_class=HTMLResponse)
     def report_page(key: str) -> HTMLResponse:

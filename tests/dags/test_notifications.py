@@ -1,0 +1,98 @@
+"""Messages through the ``ct_notify`` webhook connection, received by a local HTTP sink, from real DAG runs.
+
+One story under ``dag.test()``: a batch is quarantined, a model is promoted, an operator moves the
+champion both ways (a rollback and a forced promotion), and a move that cannot be done fails.
+Each event must reach the sink once, with its one-line reason and a link into the ct dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ml import registry
+
+
+@pytest.fixture
+def sink(monkeypatch) -> Iterator[list[dict]]:  # type: ignore[no-untyped-def]
+    """A webhook receiver on loopback, wired to ct through the ``ct_notify`` Airflow connection."""
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({**json.loads(body), "_auth": self.headers.get("Authorization")})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    conn = {"conn_type": "http", "host": f"http://127.0.0.1:{port}/hooks/ct", "password": "s3cret"}
+    monkeypatch.setenv("AIRFLOW_CONN_CT_NOTIFY", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example")
+    yield received
+    server.shutdown()
+
+
+def events(received: list[dict]) -> list[str]:
+    return [m["event"] for m in received]
+
+
+def test_each_event_reaches_the_webhook_with_its_reason_and_link(run_dag, dagbag, write_batch, settings, sink) -> None:
+    write_batch("n1", 0, 500)
+    write_batch("bad", 500, 60, extra_files={"images/3/broken.png": b"not a png"})
+    ingest = run_dag("ct_ingest", run_conf={"batch_ids": ["n1", "bad"]})
+    assert ingest.state == "failed"  # the quarantine fails the run visibly
+    [quarantine] = sink
+    assert quarantine["event"] == "quarantine" and quarantine["_auth"] == "Bearer s3cret"
+    assert quarantine["reason"] == "bad: image_decodes"
+    assert quarantine["text"] == "ct: batch quarantined, champion untouched: bad: image_decodes"
+    assert quarantine["link"] == "https://airflow.example/ct/data"
+    assert (quarantine["dag_id"], quarantine["task_id"]) == ("ct_ingest", "fail_on_quarantine")
+
+    sink.clear()
+    assert run_dag("ct_retrain", when=datetime(2026, 2, 2, tzinfo=UTC)).state == "success"
+    [promotion] = sink
+    assert promotion["event"] == "promotion" and promotion["text"].startswith("ct: promotion: PROMOTE v1: first model")
+    assert promotion["link"].startswith("https://airflow.example/ct/decision/") and "-gate-" in promotion["link"]
+
+    # v2, whatever the gate says of it, so that the operator can move the champion both ways.
+    sink.clear()
+    run_dag("ct_retrain", when=datetime(2026, 2, 3, tzinfo=UTC), run_conf={"force_retrain": True})
+    assert events(sink) in ([], ["promotion"])  # a gate's reject sends nothing
+    client = registry.client(settings)
+    first = registry.champion(client, settings.model_name).version
+    other = "2" if first == "1" else "1"
+    moves = [("promote", other), ("rollback", first)] if other == "2" else [("rollback", other), ("promote", first)]
+    sink.clear()
+    for day, (action, version) in enumerate(moves, start=4):
+        ops = run_dag("ct_ops", when=datetime(2026, 2, day, tzinfo=UTC),
+                      run_conf={"action": action, "version": version, "reason": f"{action} asked by the on-call"})  # fmt: skip
+        assert ops.state == "success"
+    assert sorted(events(sink)) == ["forced promotion", "rollback"]
+    for message in sink:
+        assert message["reason"].endswith("asked by the on-call") and " to v" in message["reason"]
+        assert message["link"].startswith("https://airflow.example/ct/decision/") and message["dag_id"] == "ct_ops"
+
+    # A move that cannot be done (the version is already the champion) fails the task: that is news too.
+    sink.clear()
+    task = dagbag.dags["ct_ops"].get_task("move_champion")
+    retries, task.retries = task.retries, 0  # fail at once rather than wait out the outage retries
+    try:
+        failed = dagbag.dags["ct_ops"].test(logical_date=datetime(2026, 2, 9, tzinfo=UTC), run_after=datetime(2026, 2, 9, tzinfo=UTC),
+                              run_conf={"action": "promote", "version": first, "reason": "already there, on purpose"})  # fmt: skip
+    finally:
+        task.retries = retries
+    assert failed.state == "failed"
+    [failure] = sink
+    assert failure["event"] == "task failed" and failure["task_id"] == "move_champion"
+    assert f"v{first} is already @champion" in failure["reason"] and failure["link"] == "https://airflow.example/ct/"
