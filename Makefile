@@ -10,7 +10,7 @@ export CT_HOME ?= $(CURDIR)/.ct
 export GX_ANALYTICS_ENABLED := false
 export TQDM_DISABLE := 1
 
-.PHONY: demo test up drop-batch lint typecheck bench install clean
+.PHONY: demo test up drop-batch lint typecheck bench install browser clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ct needs Python 3.11+")'
@@ -40,8 +40,19 @@ typecheck: $(STAMP)
 
 # Two workers: the server-profile stack (with its 30-day backfill), the fault sweeps and the rest run side by
 # side; each group that shares a costly setup stays on one worker (tests/conftest.py, XDIST_GROUPS).
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser
 	$(PY) -m pytest -n 2 --dist loadgroup
+
+# The browser test (tests/integration/test_operating.py) drives Debian's chromium. Installed here when it is
+# missing and can be (root, or passwordless sudo, with apt-get); otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser test (apt-get) ..."; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	      || echo "note: could not install chromium; the browser test will skip"; \
+	  else echo "note: chromium is missing and cannot be installed here (needs root and apt-get); the browser test will skip"; fi; }
 
 bench: $(STAMP)
 	$(PY) bench/dag_parse.py

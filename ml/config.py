@@ -279,6 +279,9 @@ class Settings(_Section):
     mlflow_tracking_uri: str = ""
     mlflow_artifact_uri: str = ""
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where people open MLflow (for links)")
+    dashboard_url: str = Field(
+        "http://127.0.0.1:8080/ct", description="Where people open the ct dashboard (links in MLflow's tags)"
+    )
     experiment: str = "ct"
     model_name: str = "ct-classifier"
     labels: tuple[str, ...] = tuple(str(d) for d in range(10))

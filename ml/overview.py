@@ -72,6 +72,8 @@ def timeline_entry(record: dict[str, Any]) -> dict[str, Any]:
         "run_key": record["run_key"],
         "dag_id": record.get("dag_id", layout.RETRAIN_DAG),
         "backfill": bool(record.get("backfill")),
+        "eval_rows": record.get("eval_rows"),
+        "eval_batches": list(record.get("eval_batches") or []),
         "actor": record.get("actor"),
         "candidate_version": record.get("candidate_version"),
         "champion_version": record.get("champion_version"),

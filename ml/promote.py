@@ -213,14 +213,20 @@ def finish(lake: Lake, settings: Settings, mlflow_client: MlflowClient, record: 
     if record["kind"] == "gate":
         lake.write_bytes(gate_key(record["dag_id"], record["run_key"], "gate.md"), render_markdown(record).encode())
     append_history(lake, record)
+    # A link people can open (the decision's dashboard page); the record itself stays in the lake.
+    page = (
+        f"{settings.dashboard_url.rstrip('/')}/decision/{history_key(record).rsplit('/', 1)[-1].removesuffix('.json')}"
+    )
     if record["kind"] in RECORD_NAMES:  # a gate, or the answer to its approval
         mlflow_client.set_model_version_tag(name, version, "ct.gate.decision", record["decision"])
-        mlflow_client.set_model_version_tag(name, version, "ct.gate.report", lake.uri(record_key(record)))
+        mlflow_client.set_model_version_tag(name, version, "ct.gate.report", page)
+        mlflow_client.set_model_version_tag(name, version, "ct.gate.record", lake.uri(record_key(record)))
         # What the policy's quality check compares against once this version is champion.
         accuracy = record["metrics"]["candidate"]["accuracy"]
         mlflow_client.set_model_version_tag(name, version, ACCURACY_TAG, f"{accuracy:.6f}")
     else:
         mlflow_client.set_model_version_tag(name, version, f"ct.{record['kind']}.reason", record["reasons"][0][:4000])
+        mlflow_client.set_model_version_tag(name, version, f"ct.{record['kind']}.report", page)
 
 
 def _recoverer(lake: Lake, settings: Settings, mlflow_client: MlflowClient) -> Callable[[dict[str, Any], Lease], None]:

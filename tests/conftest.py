@@ -42,8 +42,9 @@ def _runs_tests(config: pytest.Config) -> bool:
 
 
 #: Tests that share a costly session or module setup run on one xdist worker (``make test`` runs two):
-#: the fault suite's servers and scenario, and the server-profile stack that the backfill reuses.
-XDIST_GROUPS = {"tests/faults/": "faults", "tests/integration/test_server_profile.py": "server-profile"}
+#: the fault suite's servers and scenario, the server-profile stack that the backfill reuses, and the browser's stack.
+XDIST_GROUPS = {"tests/faults/": "faults", "tests/integration/test_server_profile.py": "server-profile",
+                "tests/integration/test_operating.py": "operating"}  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into the node ids it schedules by

@@ -56,7 +56,7 @@ def failure_message(context: Mapping[str, Any]) -> dict[str, Any]:
     error = str(context.get("exception") or "no error message").strip()
     base = dashboard_base()
     if ti.task_id == QUARANTINE_TASK:
-        batches = [line.split(" (report:", 1)[0] for line in error.splitlines()[1:]]
+        batches = [line.split(" (report:", 1)[0] for line in error.splitlines()[1:] if " (report:" in line]
         reason = "; ".join(batches) or error.splitlines()[0]
         return {"event": "quarantine", "reason": reason, "link": f"{base}{WEBAPP_PREFIX}/data",
                 "text": f"ct: batch quarantined, champion untouched: {reason}"}  # fmt: skip

@@ -45,8 +45,6 @@ def extra_link(dag_run, task_id: str, link_class: str) -> str:  # type: ignore[n
     return str(value)
 
 
-
-
 def test_ingest_curates_and_announces_the_batch(run_dag, write_batch, lake) -> None:
     write_batch("d1", 0, 200)
     dag_run = run_dag("ct_ingest", run_conf={"batch_ids": ["d1"]})

@@ -59,6 +59,17 @@ def test_approve_reject_and_expire_each_end_with_the_right_alias_and_record(
     assert approved["decision"] == "promote" and approved["approval"]["by"] == "alice"
     assert approved["reasons"][0] == "approved by alice: looks right"
     assert champion_now() == gate4["candidate_version"]
+    # MLflow's tags point people at the decision's page, and keep the record's address beside it.
+    from ml import registry
+    from ml.config import load_settings
+
+    settings = load_settings()
+    tags = registry.client(settings).get_model_version(settings.model_name, gate4["candidate_version"]).tags
+    assert tags["ct.gate.decision"] == "promote"
+    assert (
+        tags["ct.gate.report"] == f"http://127.0.0.1:8080/ct/decision/{approved['history_key'].rsplit('/', 1)[-1][:-5]}"
+    )
+    assert tags["ct.gate.record"].startswith("file://") and tags["ct.gate.record"].endswith("/r4/approval.json")
 
     # Every step is in the history, in order, each with its own record object.
     assert [(h["kind"], h["decision"], h.get("actor")) for h in history()[1:]] == [
