@@ -49,6 +49,9 @@ STEPS = RUN_KEY_STEPS | {"ingest", OVERRIDE_STEP}
 STDERR_TAIL = 40
 #: Log lines of a step's outcome (a decision and its reasons) are wrapped to this width: none is cut off on screen.
 WRAP = 100
+#: Short steps whose task log starts with their outcome (the decision and its reasons), then the step's
+#: own lines: the first thing a person reads is what was decided. (Long steps stream their log live.)
+OUTCOME_FIRST = frozenset({"decide", "gate", "approval", OVERRIDE_STEP})
 #: The task that asks an approver, and whose answer ``python -m ml approval`` settles.
 APPROVAL_TASK = "approval"
 # Kept in step with ml.errors (not imported: plugins stay light at parse time).
@@ -231,13 +234,22 @@ class CtStepOperator(StepMixin, BaseOperator):
         self.step = step
         self.step_args = list(step_args)
         self._process: subprocess.Popen[str] | None = None
+        self._held: list[str] | None = None  # a short step's log lines, written after its outcome
         self.step_result = {}
 
     def execute(self, context: Context) -> dict[str, Any]:
         args = self.command_args(context)
-        self.log.info("Running `python -m ml %s` with the local runner", " ".join(args))
+        command = f"`python -m ml {' '.join(args)}` with the local runner"
+        self._held = [f"Ran {command}"] if self.step in OUTCOME_FIRST else None
+        if self._held is None:
+            self.log.info("Running %s", command)
         returncode, result, last_line = self.run_local(args)
-        return self.step_outcome(args[0], returncode, result, last_line or "no output")
+        try:
+            return self.step_outcome(args[0], returncode, result, last_line or "no output")
+        finally:
+            if self._held:  # the command and its own lines, after its outcome
+                for line in self._held:
+                    self.log.info("%s", line)
 
     def run_local(self, args: list[str]) -> tuple[int, dict[str, Any], str]:
         """Run the CLI; return its exit code, its JSON result and its last stderr line."""
@@ -255,7 +267,10 @@ class CtStepOperator(StepMixin, BaseOperator):
             assert self._process is not None and self._process.stderr is not None
             for line in self._process.stderr:
                 line = line.rstrip()
-                self.log.info("%s", line)
+                if self._held is None:
+                    self.log.info("%s", line)
+                else:
+                    self._held.append(line)
                 tail.append(line)
                 del tail[:-STDERR_TAIL]
 

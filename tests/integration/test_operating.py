@@ -210,15 +210,21 @@ def test_the_dashboard_tells_the_demo_story(stack: Stack, browser: Any) -> None:
     page.context.close()
 
 
+def ask_for_rollback(browser: Any, stack: Stack, user: str, version: str, reason: str) -> tuple[Any, Any]:
+    """Log in as ``user`` and send the Actions form: roll back to ``version`` because ``reason``."""
+    page = log_in(browser, stack, user)
+    frame = open_ct(page, "Actions")
+    frame.locator("#action").select_option("rollback")
+    frame.locator("#version").select_option(version)
+    frame.locator("#reason").fill(reason)
+    frame.get_by_role("button", name="Trigger ct_ops").click()
+    return page, frame
+
+
 def test_a_viewer_may_look_but_airflow_refuses_their_rollback(stack: Stack, browser: Any) -> None:
     wait_until_idle(stack)
     before = stack.champion()
-    page = log_in(browser, stack, "viewer")
-    frame = open_ct(page, "Actions")
-    frame.locator("#action").select_option("rollback")
-    frame.locator("#version").select_option("1")
-    frame.locator("#reason").fill("a viewer trying their luck")
-    frame.get_by_role("button", name="Trigger ct_ops").click()
+    page, frame = ask_for_rollback(browser, stack, "viewer", "1", "a viewer trying their luck")
     alert = frame.get_by_role("alert")
     assert "Airflow refused: you may not trigger ct_ops" in alert.inner_text()
     assert stack.champion() == before
@@ -229,12 +235,7 @@ def test_a_rollback_from_the_actions_page_moves_the_champion(stack: Stack, brows
     wait_until_idle(stack)
     before = stack.champion()
     assert before not in (None, "1"), "the demo ends with a champion newer than v1"
-    page = log_in(browser, stack, "admin")
-    frame = open_ct(page, "Actions")
-    frame.locator("#action").select_option("rollback")
-    frame.locator("#version").select_option("1")
-    frame.locator("#reason").fill("v3 misreads the new camera's sevens")
-    frame.get_by_role("button", name="Trigger ct_ops").click()
+    page, frame = ask_for_rollback(browser, stack, "admin", "1", "v3 misreads the new camera's sevens")
     # The result page refreshes itself until the scheduler has run ct_ops.
     frame.locator("#result[data-state='success']").wait_for(timeout=RUN_TIMEOUT_S * 1000)
     assert f"moved from v{before} to v1" in frame.locator("#result").inner_text()

@@ -125,3 +125,30 @@ def test_backfill_runs_never_write_live_policy_memory() -> None:
         {"run_id": "scheduled__2026-01-01T03:00:00+00:00", "params": {}}
     )
     assert backfill[-1] == "--backfill" and "--backfill" not in live
+
+
+class _Lines:
+    """Stands in for the task logger: keeps each formatted line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str, *args: object) -> None:
+        self.lines.append(message % args)
+
+    def warning(self, message: str, *args: object) -> None:
+        pass  # e.g. "execute cannot be called outside of the Task Runner": this test calls it directly
+
+
+def test_a_decision_steps_log_starts_with_its_outcome(run_step, write_batch, monkeypatch) -> None:
+    write_batch("b1", 0, 200)
+    run_step("ingest")
+    run_step("drift", "--run-key", "manual__x")
+    operator = CtStepOperator(task_id="decide", step="decide")
+    lines = _Lines()
+    monkeypatch.setattr(CtStepOperator, "log", lines)
+    result = operator.execute({"run_id": "manual__x", "params": {}})
+    assert result["retrain"] is True
+    assert lines.lines[0] == f"Outcome: {result['summary']}", lines.lines[:3]
+    assert lines.lines[1].startswith("Ran `python -m ml decide --run-key manual__x")
+    assert any("ml.cli" in line or "decide manual__x" in line for line in lines.lines[2:]), "then the step's own lines"
