@@ -73,10 +73,11 @@ def scheduler_timeout_sweep(run_id: str) -> None:
 def run_answered(dag, when: datetime, act: Callable[[str], Any]) -> tuple[Any, list[Any]]:  # type: ignore[no-untyped-def]
     """``dag.test()`` a forced retrain while a thread answers its approval with ``act(run_id)``."""
     replies: list[Any] = []
+    done = threading.Event()
 
     def approver() -> None:
         deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not done.is_set():
             if run_id := awaiting_run_id():
                 replies.append(act(run_id))
                 return
@@ -85,6 +86,7 @@ def run_answered(dag, when: datetime, act: Callable[[str], Any]) -> tuple[Any, l
     thread = threading.Thread(target=approver, daemon=True)
     thread.start()
     run = dag.test(logical_date=when, run_after=when, run_conf={"force_retrain": True})
+    done.set()
     thread.join(timeout=5)
     return run, replies
 
@@ -108,7 +110,7 @@ def approving_dag(airflow_db, monkeypatch, write_batch):  # type: ignore[no-unty
     assert champion_now() == "1"
     monkeypatch.setenv("CT_GATE__REQUIRE_APPROVAL", "true")
     monkeypatch.setenv("CT_GATE__APPROVAL_TIMEOUT_HOURS", "0.001")  # read when the DAG file is parsed
-    monkeypatch.setenv("CT_TRAIN__EPOCHS", "4")
+    monkeypatch.setenv("CT_TRAIN__EPOCHS", "2")  # enough to beat v1 by far
     return DagBag(dag_folder=str(REPO / "dags")).dags["ct_retrain"]
 
 
@@ -147,7 +149,12 @@ def test_reject_timeout_and_approve_through_the_rest_api(approving_dag) -> None:
     assert champion_now() == record["candidate_version"] != "1"
     # Each approval's evidence was in front of the approver, and each settled run has its record.
     assert [h["decision"] for h in history()[1:]] == ["pending", "reject", "pending", "expired", "pending", "promote"]
-    key = history()[-1]["run_key"]
+    key = record["run_key"]
+    # A candidate no better than the new champion: the gate rejects, and nobody is asked.
+    again, asked_anyway = run_answered(approving_dag, datetime(2026, 3, 5, tzinfo=UTC), rest_answer("Reject", "?"))
+    assert asked_anyway == [], "nobody is asked about a reject"
+    assert history()[-1]["kind"] == "gate" and history()[-1]["decision"] == "reject", history()[-1]["reasons"]
+    assert [states(again)[t] for t in tail] == ["success", "skipped", "skipped", "skipped", "success"]
     from ml.config import load_settings
     from ml.storage import Lake
 

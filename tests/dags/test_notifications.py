@@ -39,6 +39,9 @@ def sink(monkeypatch) -> Iterator[list[dict]]:  # type: ignore[no-untyped-def]
     conn = {"conn_type": "http", "host": f"http://127.0.0.1:{port}/hooks/ct", "password": "s3cret"}
     monkeypatch.setenv("AIRFLOW_CONN_CT_NOTIFY", json.dumps(conn))
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example")
+    # Messages are what is tested, not models: short training, and any first model becomes champion.
+    monkeypatch.setenv("CT_TRAIN__EPOCHS", "2")
+    monkeypatch.setenv("CT_GATE__FLOOR_ACCURACY", "0")
     yield received
     server.shutdown()
 
@@ -62,7 +65,9 @@ def test_each_event_reaches_the_webhook_with_its_reason_and_link(run_dag, dagbag
     sink.clear()
     assert run_dag("ct_retrain", when=datetime(2026, 2, 2, tzinfo=UTC)).state == "success"
     [promotion] = sink
-    assert promotion["event"] == "promotion" and promotion["text"].startswith("ct: promotion: PROMOTE v1: first model")
+    assert promotion["event"] == "promotion" and promotion["text"].startswith(
+        "ct: promotion: PROMOTE v1: first model: accuracy"
+    )
     assert promotion["link"].startswith("https://airflow.example/ct/decision/") and "-gate-" in promotion["link"]
 
     # v2, whatever the gate says of it, so that the operator can move the champion both ways.

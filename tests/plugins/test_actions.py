@@ -26,14 +26,27 @@ def jwt(user: str, role: str) -> str:
 
 
 def ops_runs() -> list[tuple[str, str | None, dict]]:
+    """The ``ct_ops`` runs this test created (the session's database also holds other tests' runs)."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
         rows = session.execute(select(DagRun.run_id, DagRun.triggering_user_name, DagRun.conf)
-                               .where(DagRun.dag_id == "ct_ops")).all()  # fmt: skip
+                               .where(DagRun.dag_id == "ct_ops", DagRun.id > _FIRST_NEW[0])).all()  # fmt: skip
         return [(r[0], r[1], dict(r[2] or {})) for r in rows]
+
+
+_FIRST_NEW = [0]  # DagRun ids above this one were created by the running test
+
+
+def _newest_run_id() -> int:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        return int(session.scalar(select(func.max(DagRun.id))) or 0)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +68,10 @@ def airflow(serialized_dags, lake, monkeypatch):  # type: ignore[no-untyped-def]
 
     app = create_app()
     monkeypatch.setattr(actions, "api_client", lambda: TestClient(app, base_url="http://127.0.0.1:8080"))
+    _FIRST_NEW[0] = _newest_run_id()
     yield TestClient(app, base_url="http://127.0.0.1:8080")
     with create_session() as session:  # nothing queued is left for the other tests' ct_ops runs
-        session.execute(delete(DagRun).where(DagRun.dag_id == "ct_ops"))
+        session.execute(delete(DagRun).where(DagRun.dag_id == "ct_ops", DagRun.id > _FIRST_NEW[0]))
 
 
 def form_for(client: TestClient, token: str) -> dict[str, str]:
