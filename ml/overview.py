@@ -20,7 +20,7 @@ from typing import Any
 
 from ml import layout
 from ml.errors import CorruptState
-from ml.promote import MOVES, RECORD_NAMES, history_key
+from ml.promote import MOVES, RECORD_NAMES, decision_id
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,6 @@ SAMPLE_ROWS = 5
 
 
 _DECISION_ID = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}-[a-z]+-[A-Za-z0-9_.-]{1,200}")
-
-
-def decision_id(record: dict[str, Any]) -> str:
-    """A decision's id in URLs: its history record's name, e.g. ``20260103T040000.000000-gate-<run_key>``."""
-    return history_key(record).rsplit("/", 1)[-1].removesuffix(".json")
 
 
 def _check(record: dict[str, Any], name: str) -> dict[str, Any]:

@@ -73,6 +73,11 @@ def history_key(record: dict[str, Any]) -> str:
     return layout.state(f"{HISTORY}/{stamp}-{record['kind']}-{record['run_key']}.json")
 
 
+def decision_id(record: dict[str, Any]) -> str:
+    """A decision's id in URLs: its history record's name, e.g. ``20260103T040000.000000-gate-<run_key>``."""
+    return history_key(record).rsplit("/", 1)[-1].removesuffix(".json")
+
+
 def append_history(lake: Lake, record: dict[str, Any]) -> str:
     """Add one decision to ``state/decisions/`` (append-only: an exclusive create, never a rewrite)."""
     key = history_key(record)
@@ -214,9 +219,7 @@ def finish(lake: Lake, settings: Settings, mlflow_client: MlflowClient, record: 
         lake.write_bytes(gate_key(record["dag_id"], record["run_key"], "gate.md"), render_markdown(record).encode())
     append_history(lake, record)
     # A link people can open (the decision's dashboard page); the record itself stays in the lake.
-    page = (
-        f"{settings.dashboard_url.rstrip('/')}/decision/{history_key(record).rsplit('/', 1)[-1].removesuffix('.json')}"
-    )
+    page = f"{settings.dashboard_url.rstrip('/')}/decision/{decision_id(record)}"
     if record["kind"] in RECORD_NAMES:  # a gate, or the answer to its approval
         mlflow_client.set_model_version_tag(name, version, "ct.gate.decision", record["decision"])
         mlflow_client.set_model_version_tag(name, version, "ct.gate.report", page)

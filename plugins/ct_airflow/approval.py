@@ -22,7 +22,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ct_airflow.links import report_url
+from ct_airflow.links import airflow_base_url, report_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -74,8 +74,6 @@ class CtApprovalOperator(HITLOperator):
 
 
 def dashboard_url(result: dict[str, Any]) -> str:
-    from airflow.configuration import conf
-
     from ml.config import load_settings
 
-    return report_url(result, load_settings().lake_uri, conf.get("api", "base_url", fallback="") or "")
+    return report_url(result, load_settings().lake_uri, airflow_base_url())

@@ -15,6 +15,26 @@ WEBAPP_PREFIX = "/ct"
 REPORT_FIELDS = ("html_uri", "gate_md_uri", "gate_uri", "eval_uri", "decision_uri", "report_uri", "manifest_uri")
 
 
+def api_address() -> tuple[str, str]:
+    """The API server's own host and port (``[api] host``/``port``), a wildcard host read as loopback."""
+    from airflow.configuration import conf
+
+    host = conf.get("api", "host", fallback="127.0.0.1") or "127.0.0.1"
+    return ("127.0.0.1" if host in ("0.0.0.0", "::") else host), conf.get("api", "port", fallback="8080")
+
+
+def airflow_base_url() -> str:
+    """Where people open Airflow, for links that leave the UI (messages, approvals): ``[api] base_url``,
+    else the API server's own address."""
+    from airflow.configuration import conf
+
+    base = conf.get("api", "base_url", fallback="") or ""
+    if not base:
+        host, port = api_address()
+        base = f"http://{host}:{port}"
+    return base.rstrip("/")
+
+
 def lake_key(uri: str, lake_root: str) -> str | None:
     root = lake_root.rstrip("/") + "/"
     return uri[len(root) :] if uri.startswith(root) else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
-from ct_airflow.links import WEBAPP_PREFIX, report_url
+from ct_airflow.links import WEBAPP_PREFIX, airflow_base_url, report_url
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,6 @@ SEND_TIMEOUT_S = 10.0
 QUARANTINE_TASK = "fail_on_quarantine"
 #: What a moving decision is called in a message, by the kind of record that moved @champion.
 MOVE_EVENTS = {"gate": "promotion", "approval": "promotion", "rollback": "rollback", "promote": "forced promotion"}
-
-
-def dashboard_base() -> str:
-    """Where people open Airflow (``api.base_url``), for links in messages."""
-    from airflow.configuration import conf
-
-    base = conf.get("api", "base_url", fallback="") or ""
-    if not base:
-        host = conf.get("api", "host", fallback="127.0.0.1")
-        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{conf.get('api', 'port', fallback='8080')}"
-    return base.rstrip("/")
 
 
 def _lake_root() -> str:
@@ -54,7 +43,7 @@ def failure_message(context: Mapping[str, Any]) -> dict[str, Any]:
     """A failed task: a quarantine (the batches and their rules), or any other failure with its error line."""
     ti = context["ti"]
     error = str(context.get("exception") or "no error message").strip()
-    base = dashboard_base()
+    base = airflow_base_url()
     if ti.task_id == QUARANTINE_TASK:
         batches = [line.split(" (report:", 1)[0] for line in error.splitlines()[1:] if " (report:" in line]
         reason = "; ".join(batches) or error.splitlines()[0]
@@ -72,7 +61,7 @@ def move_message(result: Mapping[str, Any]) -> dict[str, Any] | None:
     kind = str(result.get("kind") or ("gate" if "gate_uri" in result else result["decision"]))
     event = MOVE_EVENTS.get(kind, "promotion")
     headline = str(result.get("headline") or result["decision"])
-    return {"event": event, "reason": headline, "link": report_url(dict(result), _lake_root(), dashboard_base()),
+    return {"event": event, "reason": headline, "link": report_url(dict(result), _lake_root(), airflow_base_url()),
             "text": f"ct: {event}: {headline}"}  # fmt: skip
 
 

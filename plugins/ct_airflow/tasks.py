@@ -29,12 +29,11 @@ def fail_on_quarantine(result: dict[str, Any]) -> None:
     """Make a quarantined batch visible: the run fails with the rules that rejected it and where to look."""
     quarantined = result.get("quarantined", [])
     if quarantined:
-        from ct_airflow.links import WEBAPP_PREFIX
-        from ct_airflow.notify import dashboard_base
+        from ct_airflow.links import WEBAPP_PREFIX, airflow_base_url
 
         lines = [f"{q['batch_id']}: {', '.join(q['failed_rules'])} (report: {q['report_uri']})" for q in quarantined]
         raise AirflowFailException("batch quarantined, champion untouched:\n" + "\n".join(lines)
-                                   + f"\nrules, sample rows and how to re-ingest: {dashboard_base()}{WEBAPP_PREFIX}/data")  # fmt: skip
+                                   + f"\nrules, sample rows and how to re-ingest: {airflow_base_url()}{WEBAPP_PREFIX}/data")  # fmt: skip
 
 
 def final_decision(ti: Any) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def events(received: list[dict]) -> list[str]:
 def test_each_event_reaches_the_webhook_with_its_reason_and_link(run_dag, dagbag, write_batch, settings, sink) -> None:
     write_batch("n1", 0, 500)
     write_batch("bad", 500, 60, extra_files={"images/3/broken.png": b"not a png"})
-    ingest = run_dag("ct_ingest", run_conf={"batch_ids": ["n1", "bad"]})
+    ingest = run_dag("ct_ingest", when=datetime(2026, 4, 1, 1, tzinfo=UTC), run_conf={"batch_ids": ["n1", "bad"]})
     assert ingest.state == "failed"  # the quarantine fails the run visibly
     [quarantine] = sink
     assert quarantine["event"] == "quarantine" and quarantine["_auth"] == "Bearer s3cret"
@@ -63,7 +63,7 @@ def test_each_event_reaches_the_webhook_with_its_reason_and_link(run_dag, dagbag
     assert (quarantine["dag_id"], quarantine["task_id"]) == ("ct_ingest", "fail_on_quarantine")
 
     sink.clear()
-    assert run_dag("ct_retrain", when=datetime(2026, 2, 2, tzinfo=UTC)).state == "success"
+    assert run_dag("ct_retrain", when=datetime(2026, 4, 2, tzinfo=UTC)).state == "success"
     [promotion] = sink
     assert promotion["event"] == "promotion" and promotion["text"].startswith(
         "ct: promotion: PROMOTE v1: first model: accuracy"
@@ -72,7 +72,7 @@ def test_each_event_reaches_the_webhook_with_its_reason_and_link(run_dag, dagbag
 
     # v2, whatever the gate says of it, so that the operator can move the champion both ways.
     sink.clear()
-    run_dag("ct_retrain", when=datetime(2026, 2, 3, tzinfo=UTC), run_conf={"force_retrain": True})
+    run_dag("ct_retrain", when=datetime(2026, 4, 3, tzinfo=UTC), run_conf={"force_retrain": True})
     assert events(sink) in ([], ["promotion"])  # a gate's reject sends nothing
     client = registry.client(settings)
     first = registry.champion(client, settings.model_name).version
@@ -80,7 +80,7 @@ def test_each_event_reaches_the_webhook_with_its_reason_and_link(run_dag, dagbag
     moves = [("promote", other), ("rollback", first)] if other == "2" else [("rollback", other), ("promote", first)]
     sink.clear()
     for day, (action, version) in enumerate(moves, start=4):
-        ops = run_dag("ct_ops", when=datetime(2026, 2, day, tzinfo=UTC),
+        ops = run_dag("ct_ops", when=datetime(2026, 4, day, tzinfo=UTC),
                       run_conf={"action": action, "version": version, "reason": f"{action} asked by the on-call"})  # fmt: skip
         assert ops.state == "success"
     assert sorted(events(sink)) == ["forced promotion", "rollback"]
@@ -93,7 +93,7 @@ def test_each_event_reaches_the_webhook_with_its_reason_and_link(run_dag, dagbag
     task = dagbag.dags["ct_ops"].get_task("move_champion")
     retries, task.retries = task.retries, 0  # fail at once rather than wait out the outage retries
     try:
-        failed = dagbag.dags["ct_ops"].test(logical_date=datetime(2026, 2, 9, tzinfo=UTC), run_after=datetime(2026, 2, 9, tzinfo=UTC),
+        failed = dagbag.dags["ct_ops"].test(logical_date=datetime(2026, 4, 9, tzinfo=UTC), run_after=datetime(2026, 4, 9, tzinfo=UTC),
                               run_conf={"action": "promote", "version": first, "reason": "already there, on purpose"})  # fmt: skip
     finally:
         task.retries = retries

@@ -89,10 +89,9 @@ def internal_api_url() -> str:
     """Where this API server answers itself: its own host and port, under the base URL's path."""
     from airflow.configuration import conf
 
-    host = conf.get("api", "host", fallback="127.0.0.1") or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    port = conf.get("api", "port", fallback="8080")
+    from ct_airflow.links import api_address
+
+    host, port = api_address()
     path = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
     scheme = "https" if conf.get("api", "ssl_cert", fallback="") else "http"
     return f"{scheme}://{host}:{port}{path}"
