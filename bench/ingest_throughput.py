@@ -8,7 +8,9 @@ For each size (default 20k and 100k synthetic 256 px RGB PNGs, :mod:`ml.syntheti
   work in ``ingest.workers`` threads, shards, Great Expectations, the manifest and the hash index.
 
 It prints img/s for both, their ratio (target >= 0.7) and ct's peak RSS at each size (target: the
-largest within 10% of the smallest). Then the duplicate check: 50 batches ingested one after the
+largest within 10% of the smallest). The two alternate for ``--rounds`` rounds at each size (one at
+100k and over) and the target is on the median ratio: on a shared 2-core VM the same ingest took
+from 25 to 29 s in three runs in a row, so one pair of runs says little. Then the duplicate check: 50 batches ingested one after the
 other, the 50th against the 2nd (target: within 20%). With ``--s3`` it repeats the ratio and the
 duplicate check with the lake in moto's S3 server over HTTP; there the floor GETs each object from
 the same server first (moto runs on the same cores, so both pay for it).
@@ -27,6 +29,7 @@ import json
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -105,6 +108,36 @@ def _settings_env(lake_uri: str, home: Path) -> dict[str, str]:
             "PYTHONPATH": str(REPO)}  # fmt: skip
 
 
+def _steal() -> int:
+    """Ticks the hypervisor gave to other guests (``steal`` in /proc/stat): how shared the cores were."""
+    try:
+        return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def rounds(what: str, count: int, floor: Any, mine: Any, fresh: Any) -> tuple[float, float]:
+    """``count`` rounds of the floor and ct, alternating which goes first; (median ratio, ct's largest peak RSS)."""
+    ratios, rss = [], 0.0
+    for r in range(count):
+        fresh()
+        steal = _steal()
+        if r % 2:
+            b = mine()
+            a = floor()
+        else:
+            a = floor()
+            b = mine()
+        ratios.append(b["img_per_s"] / a["img_per_s"])
+        rss = max(rss, b["peak_rss_mb"])
+        print(f"{what}  round {r + 1}: bare {a['img_per_s']:6.0f} img/s   ct {b['img_per_s']:6.0f} img/s   "
+              f"ratio {ratios[-1]:.2f}   ct peak RSS {b['peak_rss_mb']:.0f} MB   steal {_steal() - steal} ticks",
+              flush=True)  # fmt: skip
+    median = statistics.median(ratios)
+    print(f"{what}  median ratio {median:.2f} over {count} round(s)", flush=True)
+    return median, rss
+
+
 def ct_child(batch_id: str) -> None:
     """In a child process: ingest one batch, print seconds, images and peak RSS as JSON."""
     import great_expectations  # noqa: F401 - imported before the clock starts, as in a warm worker
@@ -164,6 +197,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--dup-batches", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="bare/ct rounds per size under 100k (median taken)")
     parser.add_argument("--s3", action="store_true", help="also measure on moto's S3 server (10k images)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -176,17 +210,21 @@ def main() -> int:
     for count in args.sizes:
         home = DATA / f"home-{count}"
         folder = landing(lake_root, f"png-{count}", count)
-        subprocess.run(["rm", "-rf", str(lake_root / "curated"), str(lake_root / "state"), str(home)], check=True)
-        floor = bare(folder)
-        mine = ct(f"png-{count}", _settings_env(lake_root.as_uri(), home))
-        rows.append((count, floor, mine))
-        print(f"{count:>7,} PNGs  bare {floor['img_per_s']:7.0f} img/s   ct {mine['img_per_s']:7.0f} img/s   "
-              f"ratio {mine['img_per_s'] / floor['img_per_s']:.2f}   ct peak RSS {mine['peak_rss_mb']:.0f} MB",
-              flush=True)  # fmt: skip
-    worst = min(m["img_per_s"] / f["img_per_s"] for _, f, m in rows)
-    ok &= _target(f"ingest / bare >= 0.7 at every size: min {worst:.2f}", worst >= 0.7)
+
+        def fresh(home: Path = home) -> None:
+            subprocess.run(["rm", "-rf", str(lake_root / "curated"), str(lake_root / "state"), str(home)], check=True)
+
+        ratio, rss = rounds(
+            f"{count:>7,} PNGs", args.rounds if count < 100_000 else 1,
+            lambda folder=folder: bare(folder),
+            lambda count=count, home=home: ct(f"png-{count}", _settings_env(lake_root.as_uri(), home)),
+            fresh,
+        )  # fmt: skip
+        rows.append((count, ratio, rss))
+    worst = min(ratio for _, ratio, _ in rows)
+    ok &= _target(f"ingest / bare >= 0.7 at every size (median of rounds): min {worst:.2f}", worst >= 0.7)
     if len(rows) > 1:
-        growth = rows[-1][2]["peak_rss_mb"] / rows[0][2]["peak_rss_mb"]
+        growth = rows[-1][2] / rows[0][2]
         ok &= _target(f"peak RSS at {rows[-1][0]:,} within 10% of {rows[0][0]:,}: x{growth:.3f}", growth <= 1.10)
 
     def write_local(batch_id: str, count: int, seed: int) -> None:
@@ -198,11 +236,11 @@ def main() -> int:
     print(f"duplicate check: batch 2 {dups['second_s']:.2f} s, batch {args.dup_batches} {dups['last_s']:.2f} s")
     ok &= _target(f"batch {args.dup_batches} within 20% of batch 2: x{dups['ratio']:.2f}", dups["ratio"] <= 1.2)
     if args.s3:
-        ok &= s3_run(args.dup_batches)
+        ok &= s3_run(args.dup_batches, args.rounds)
     return 0 if ok else 1
 
 
-def s3_run(dup_batches: int, count: int = 10_000) -> bool:
+def s3_run(dup_batches: int, rounds_: int, count: int = 10_000) -> bool:
     import boto3
 
     proc, endpoint = _moto()
@@ -216,13 +254,23 @@ def s3_run(dup_batches: int, count: int = 10_000) -> bool:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda p: s3.upload_file(str(p), "bench", f"lake/landing/png-{count}/{p.relative_to(folder)}"),
                           [p for p in files if p.is_file()]))  # fmt: skip
-        # The floor fetches the same objects from the same server, on the same cores (moto's among them).
-        floor = bare_s3(s3, "bench", f"lake/landing/png-{count}/")
-        mine = ct(f"png-{count}", _settings_env("s3://bench/lake", DATA / "home-s3"))
-        ratio = mine["img_per_s"] / floor["img_per_s"]
-        print(f"S3 {count:,} PNGs  bare {floor['img_per_s']:.0f} img/s   ct {mine['img_per_s']:.0f} img/s   "
-              f"ratio {ratio:.2f}   peak RSS {mine['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
-        ok = _target(f"S3: ingest / bare >= 0.7: {ratio:.2f}", ratio >= 0.7)
+
+        def fresh() -> None:
+            subprocess.run(["rm", "-rf", str(DATA / "home-s3")], check=True)
+            for prefix in ("lake/curated/", "lake/state/"):
+                pages = s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix)
+                for page in pages:
+                    if keys := [{"Key": o["Key"]} for o in page.get("Contents", [])]:
+                        s3.delete_objects(Bucket="bench", Delete={"Objects": keys, "Quiet": True})
+
+        ratio, _ = rounds(
+            f"S3 {count:,} PNGs", rounds_,
+            # The floor fetches the same objects from the same server, on the same cores (moto's among them).
+            lambda: bare_s3(s3, "bench", f"lake/landing/png-{count}/"),
+            lambda: ct(f"png-{count}", _settings_env("s3://bench/lake", DATA / "home-s3")),
+            fresh,
+        )  # fmt: skip
+        ok = _target(f"S3: ingest / bare >= 0.7 (median of rounds): {ratio:.2f}", ratio >= 0.7)
 
         def write_s3(batch_id: str, n: int, seed: int) -> None:
             local = landing(DATA / "dups-s3", batch_id, n, size=32, seed=2000 + seed)

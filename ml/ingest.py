@@ -8,10 +8,11 @@ layout, an allowed extension and size). It builds the manifest, validates it wit
 Expectations plus the ingest checks, and writes either
 
 * ``curated/<batch_id>/shards/shard-NNNNN.npy`` (fixed-capacity uint8 NHWC shards at
-  ``image.store_size``, see :mod:`ml.training.shards`), then
+  ``image.store_size``, see :mod:`ml.training.shards`, each published as soon as it is full), then
   ``curated/<batch_id>/manifest.parquet`` last, naming each row's shard and the shard's SHA-256,
   so that a reader never sees half a batch; or
-* ``quarantine/<batch_id>/report.json`` naming each failed rule and its rows, plus the manifest.
+* ``quarantine/<batch_id>/report.json`` naming each failed rule and its rows, plus the manifest,
+  after deleting the shards the scan published.
 
 Landing folder names follow :data:`ml.layout.ID_RULE`. A committed folder whose name does not is
 listed under a derived id (:func:`landing_id`) and quarantined with rule ``batch_name``: never read,
@@ -642,22 +643,38 @@ class _Scan:
 
 
 def build_manifest(
-    lake: Lake, batch_id: str, settings: Settings, shard_dir: Path
+    lake: Lake, batch_id: str, settings: Settings, shard_dir: Path, root: str, dataset_id: str
 ) -> tuple[pd.DataFrame, list[ShardInfo], pd.DataFrame]:
-    """One manifest row per file in the batch, the shards of the rows that decoded (written into
-    ``shard_dir``, not yet published), and the row-level ingest checks that failed (``uri``, ``rule``, ``error``)."""
+    """One manifest row per file in the batch, the shards of the rows that decoded, and the row-level
+    ingest checks that failed (``uri``, ``rule``, ``error``).
+
+    Each shard is published to ``root/dataset_id/shards/`` as soon as it is full (``shard_dir`` holds
+    it until then), so the uploads overlap the scan and local disk holds two shards at most. No reader
+    looks at them before the manifest names them; an earlier attempt's are deleted first.
+    """
     import pandas as pd
 
     from ml.training.shards import ShardWriter, capacity
 
     _require_committed(lake, batch_id)
     hashindex.ensure_indexed(lake)
+    lake.delete_prefix(layout.shards(dataset_id, root))  # an earlier attempt's, never named by a manifest
     store, channels = settings.image.stored, settings.image.channels
-    writer = ShardWriter(shard_dir, (store, store, channels), capacity(store, channels, settings.image.shard_mb))
+
+    def publish(name: str, path: Path) -> None:
+        lake.write_file(layout.shard(dataset_id, name, root), path)
+
+    writer = ShardWriter(
+        shard_dir, (store, store, channels), capacity(store, channels, settings.image.shard_mb), publish
+    )
     entries = _list_entries(lake, batch_id)
     rows = _Columns(batch_id, lake.uri(layout.landing(batch_id)) + "/", len(entries))
     scan = _Scan(lake, batch_id, settings, image_formats(settings.ingest.extensions), writer, rows)
-    scan.run(entries)
+    try:
+        scan.run(entries)
+    except BaseException:
+        writer.abort()
+        raise
     shards = writer.close()  # lets go of its buffers: the frame is built in the memory they held
     # One index lookup for the whole batch: rows whose content is already curated or frozen elsewhere.
     manifest = rows.frame(settings, lambda hashes: hashindex.lookup(lake, hashes))
@@ -687,7 +704,7 @@ def ingest_batch(
 
 
 def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id: str, tmp: Path) -> dict[str, Any]:
-    manifest, shards, problems = build_manifest(lake, batch_id, settings, tmp)
+    manifest, shards, problems = build_manifest(lake, batch_id, settings, tmp, root, dataset_id)
     outcome = validate_manifest(manifest, settings, problems)
     passes, checked, dropped = [(outcome, VALIDATION)], manifest, manifest.iloc[0:0]
     if not outcome.success and settings.ingest.on_bad_rows == "drop":
@@ -706,6 +723,7 @@ def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id
     lake.write_json(layout.join(report_dir, "validation.json"), outcome.gx_results)
     lake.write_bytes(layout.join(report_dir, "validation.html"), render_html(batch_id, outcome, len(dropped)).encode())
     if not outcome.success:
+        lake.delete_prefix(layout.shards(dataset_id, root))  # before the report: a rerun would delete them too
         # The quarantined manifest holds every row, the dropped ones too: the report names them.
         return _quarantine(
             lake, batch_id, [(f, stage) for result, stage in passes for f in result.failures], rows=len(checked),
@@ -714,7 +732,7 @@ def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id
         )  # fmt: skip
 
     del checked  # every row, dropped ones too: the quarantine's, not needed past here (a batch is held once)
-    manifest = _publish_shards(lake, dataset_id, root, manifest, shards, tmp)
+    manifest = _locate(manifest, shards)
     if len(dropped):
         _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped[MANIFEST_COLUMNS])
     # The manifest is written after every shard it names: its presence is what makes the batch curated.
@@ -762,6 +780,7 @@ def ingest_many(lake: Lake, batch_ids: list[str] | None, settings: Settings) -> 
 def quarantine_unexpected(lake: Lake, batch_id: str, exc: BaseException) -> dict[str, Any]:
     """Quarantine a batch whose ingest crashed, with the error, so that it cannot wedge the queue."""
     failure = batch_failure("ingest_error", printable(f"{type(exc).__name__}: {exc}"[:2000]))
+    lake.delete_prefix(layout.shards(batch_id))  # what the crashed scan published, before the report
     return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
 
 
@@ -845,19 +864,13 @@ def _curated_summary(
     }
 
 
-def _publish_shards(
-    lake: Lake, dataset_id: str, root: str, manifest: pd.DataFrame, shards: list[ShardInfo], tmp: Path
-) -> pd.DataFrame:
-    """Publish the batch's shards (each atomically) and give every kept row its shard's hash.
+def _locate(manifest: pd.DataFrame, shards: list[ShardInfo]) -> pd.DataFrame:
+    """Give every kept row its final ``row`` and its shard's hash (the shards are published already).
 
-    A rerun after a kill rewrites them; until the manifest names them, no reader looks at ``shards/``.
     Rows dropped after decoding leave their pixels in a shard that no manifest row points at.
     """
     import numpy as np
 
-    lake.delete_prefix(layout.shards(dataset_id, root))  # an earlier attempt's, never named by a manifest
-    for info in shards:
-        lake.write_file(layout.shard(dataset_id, info.name, root), tmp / info.name)
     hashes = {info.name: info.sha256 for info in shards}
     # In place, not a copy: at 100,000 rows every copy of the manifest costs tens of MB.
     manifest["row"] = np.arange(len(manifest), dtype=np.int64)

@@ -49,6 +49,7 @@ def test_corrupted_batch_is_quarantined_naming_each_rule_and_row(lake, settings,
     }
     assert by_rule["label_in_set"]["sample_rows"] == [{"uri": lake.uri("landing/bad/images/zebra/z.png")}]
     assert not lake.exists(layout.manifest("bad")), "a rejected batch must not be curated"
+    assert lake.list_keys("curated") == [], "the shards published while it was scanned are gone"
     assert lake.exists("landing/bad/_COMMITTED"), "the landing data is kept"
 
 

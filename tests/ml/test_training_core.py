@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,20 @@ def test_shards_have_a_fixed_capacity_and_a_hash_and_map_back_to_the_rows(tmp_pa
     assert shards.capacity(256, 3, 64) == 325  # 64 MB of 256 px RGB images
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+def test_shard_files_hold_exactly_their_bytes_whichever_way_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    if not direct:
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    buffer = shards._aligned(3 * shards.ALIGN)
+    buffer[:] = np.random.default_rng(2).integers(0, 256, len(buffer), dtype=np.uint8)
+    for length in (1, shards.ALIGN, shards.ALIGN + 77, 3 * shards.ALIGN):
+        path = tmp_path / f"{length}.bin"
+        shards.write_direct(path, buffer, length)
+        assert path.read_bytes() == buffer[:length].tobytes()
+
+
 def test_a_shard_that_is_not_the_one_named_is_refused(tmp_path: Path) -> None:
     images = np.zeros((3, 4, 4, 1), np.uint8)
     (info,) = _write(tmp_path, images, capacity=4)
@@ -68,10 +83,12 @@ def test_a_failed_publish_leaves_no_manifest_and_a_rerun_curates_the_batch(
     write_batch("b1", 0, 150)
     real = lake.write_file
     calls = {"n": 0}
+    on_disk: list[int] = []  # shards waiting in the scratch folder at each publish
 
     def flaky(key: str, path: Path) -> None:
         if "/shards/" in key:
             calls["n"] += 1
+            on_disk.append(len(list(path.parent.glob("shard-*.npy"))))
             if calls["n"] == 2:
                 raise OSError("S3 went away mid-batch")
         real(key, path)
@@ -80,11 +97,13 @@ def test_a_failed_publish_leaves_no_manifest_and_a_rerun_curates_the_batch(
     with pytest.raises(OSError):
         ingest_batch(lake, "b1", small)
     assert lake.list_keys(layout.shards("b1")) and not lake.exists(layout.manifest("b1"))
-    monkeypatch.setattr(lake, "write_file", real)
+    assert calls["n"] == 2, "the failed publish stopped the scan: no shard was written after it"
+    calls["n"], on_disk[:] = 100, []
     result = ingest_batch(lake, "b1", small)
     assert result["status"] == "curated"
     manifest = read_manifest(lake, "b1")
     assert manifest["shard"].nunique() > 1, "0.05 MB shards: the batch spans several"
+    assert len(on_disk) == manifest["shard"].nunique() and max(on_disk) == 1, "each shard leaves as it fills"
     assert sorted(lake.list_children(layout.shards("b1"))) == sorted(manifest["shard"].unique())
     # Every row reads back as what a single-array load gives, through the checked shards.
     with ShardReader(lake) as reader:
