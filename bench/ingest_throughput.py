@@ -116,23 +116,44 @@ def _steal() -> int:
         return 0
 
 
-def rounds(what: str, count: int, floor: Any, mine: Any, fresh: Any) -> tuple[float, float]:
-    """``count`` rounds of the floor and ct, alternating which goes first; (median ratio, ct's largest peak RSS)."""
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) another process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rounds(what: str, count: int, floor: Any, mine: Any, fresh: Any, server: int | None = None) -> tuple[float, float]:
+    """``count`` rounds of the floor and ct, alternating which goes first; (median ratio, ct's largest peak RSS).
+
+    Each round also prints the CPU seconds each side used, and with ``server`` (the pid of the S3
+    server, on the same cores) what the server used while serving it.
+    """
     ratios, rss = [], 0.0
+
+    def timed_floor() -> dict[str, float]:
+        cpu, served = time.process_time(), _cpu_of(server) if server else 0.0
+        out = floor()
+        return {**out, "cpu_s": time.process_time() - cpu, "server_s": _cpu_of(server) - served if server else 0.0}
+
+    def timed_mine() -> dict[str, float]:
+        served = _cpu_of(server) if server else 0.0
+        return {**mine(), "server_s": _cpu_of(server) - served if server else 0.0}
+
     for r in range(count):
         fresh()
         steal = _steal()
         if r % 2:
-            b = mine()
-            a = floor()
+            b = timed_mine()
+            a = timed_floor()
         else:
-            a = floor()
-            b = mine()
+            a = timed_floor()
+            b = timed_mine()
         ratios.append(b["img_per_s"] / a["img_per_s"])
         rss = max(rss, b["peak_rss_mb"])
+        served = f" (+ server {a['server_s']:.0f} s, {b['server_s']:.0f} s)" if server else ""
         print(f"{what}  round {r + 1}: bare {a['img_per_s']:6.0f} img/s   ct {b['img_per_s']:6.0f} img/s   "
-              f"ratio {ratios[-1]:.2f}   ct peak RSS {b['peak_rss_mb']:.0f} MB   steal {_steal() - steal} ticks",
-              flush=True)  # fmt: skip
+              f"ratio {ratios[-1]:.2f}   ct peak RSS {b['peak_rss_mb']:.0f} MB   steal {_steal() - steal} ticks   "
+              f"CPU bare {a['cpu_s']:.0f} s, ct {b['cpu_s']:.0f} s{served}", flush=True)  # fmt: skip
     median = statistics.median(ratios)
     print(f"{what}  median ratio {median:.2f} over {count} round(s)", flush=True)
     return median, rss
@@ -148,12 +169,12 @@ def ct_child(batch_id: str) -> None:
 
     settings = load_settings()
     lake = Lake.from_uri(settings.lake_uri)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = ingest_batch(lake, batch_id, settings)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"status": result["status"], "images": result.get("images", 0), "seconds": seconds,
-                      "img_per_s": result.get("images", 0) / seconds, "peak_rss_mb": rss}))  # fmt: skip
+                      "img_per_s": result.get("images", 0) / seconds, "peak_rss_mb": rss, "cpu_s": cpu}))  # fmt: skip
 
 
 def ct(batch_id: str, env: dict[str, str]) -> dict[str, Any]:
@@ -268,7 +289,7 @@ def s3_run(dup_batches: int, rounds_: int, count: int = 10_000) -> bool:
             # The floor fetches the same objects from the same server, on the same cores (moto's among them).
             lambda: bare_s3(s3, "bench", f"lake/landing/png-{count}/"),
             lambda: ct(f"png-{count}", _settings_env("s3://bench/lake", DATA / "home-s3")),
-            fresh,
+            fresh, proc.pid,
         )  # fmt: skip
         ok = _target(f"S3: ingest / bare >= 0.7 (median of rounds): {ratio:.2f}", ratio >= 0.7)
 

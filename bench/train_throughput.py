@@ -43,12 +43,12 @@ from ml.synthetic import images as synthetic_images
 from ml.training.augment import augment
 from ml.training.loader import Loader, ShardSet
 from ml.training.loop import FitConfig, fit
-from ml.training.shards import ShardWriter, capacity
+from ml.training.shards import ShardWriter, capacity, into_folder
 
 
 def write_shards(folder: Path, rows: int, store: int, shard_mb: float) -> ShardSet:
     """``rows`` synthetic RGB images at ``store`` px as shards in ``folder`` (generated in chunks)."""
-    writer = ShardWriter(folder, (store, store, 3), capacity(store, 3, shard_mb))
+    writer = ShardWriter((store, store, 3), capacity(store, 3, shard_mb), into_folder(folder))
     labels = []
     for start in range(0, rows, 2048):
         pixels, chunk_labels = synthetic_images(min(2048, rows - start), store, seed=start)

@@ -643,14 +643,15 @@ class _Scan:
 
 
 def build_manifest(
-    lake: Lake, batch_id: str, settings: Settings, shard_dir: Path, root: str, dataset_id: str
+    lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id: str
 ) -> tuple[pd.DataFrame, list[ShardInfo], pd.DataFrame]:
     """One manifest row per file in the batch, the shards of the rows that decoded, and the row-level
     ingest checks that failed (``uri``, ``rule``, ``error``).
 
-    Each shard is published to ``root/dataset_id/shards/`` as soon as it is full (``shard_dir`` holds
-    it until then), so the uploads overlap the scan and local disk holds two shards at most. No reader
-    looks at them before the manifest names them; an earlier attempt's are deleted first.
+    Each shard is published to ``root/dataset_id/shards/`` from memory as soon as it is full
+    (:meth:`Lake.write_view`), so the uploads overlap the scan and no shard touches local disk on
+    its way to S3. No reader looks at them before the manifest names them; an earlier attempt's are
+    deleted first.
     """
     import pandas as pd
 
@@ -661,12 +662,10 @@ def build_manifest(
     lake.delete_prefix(layout.shards(dataset_id, root))  # an earlier attempt's, never named by a manifest
     store, channels = settings.image.stored, settings.image.channels
 
-    def publish(name: str, path: Path) -> None:
-        lake.write_file(layout.shard(dataset_id, name, root), path)
+    def publish(name: str, data: memoryview) -> None:
+        lake.write_view(layout.shard(dataset_id, name, root), data)
 
-    writer = ShardWriter(
-        shard_dir, (store, store, channels), capacity(store, channels, settings.image.shard_mb), publish
-    )
+    writer = ShardWriter((store, store, channels), capacity(store, channels, settings.image.shard_mb), publish)
     entries = _list_entries(lake, batch_id)
     rows = _Columns(batch_id, lake.uri(layout.landing(batch_id)) + "/", len(entries))
     scan = _Scan(lake, batch_id, settings, image_formats(settings.ingest.extensions), writer, rows)
@@ -699,12 +698,11 @@ def ingest_batch(
                 **_curated_summary(lake, dataset_id, root)}  # fmt: skip
     if (failure := _batch_failure(lake, batch_id)) is not None:
         return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
-    with tempfile.TemporaryDirectory(prefix="ct-ingest-", dir=lake.scratch()) as tmp:
-        return _curate(lake, batch_id, settings, root, dataset_id, Path(tmp))
+    return _curate(lake, batch_id, settings, root, dataset_id)
 
 
-def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id: str, tmp: Path) -> dict[str, Any]:
-    manifest, shards, problems = build_manifest(lake, batch_id, settings, tmp, root, dataset_id)
+def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id: str) -> dict[str, Any]:
+    manifest, shards, problems = build_manifest(lake, batch_id, settings, root, dataset_id)
     outcome = validate_manifest(manifest, settings, problems)
     passes, checked, dropped = [(outcome, VALIDATION)], manifest, manifest.iloc[0:0]
     if not outcome.success and settings.ingest.on_bad_rows == "drop":

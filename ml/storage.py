@@ -7,6 +7,7 @@ Every write is atomic for a reader: files are written to a temporary name and re
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -96,9 +97,9 @@ class Lake(ABC):
     def write_file(self, key: str, path: Path) -> None:
         self.write_bytes(key, path.read_bytes())
 
-    def scratch(self) -> Path | None:
-        """Where temporary files are cheapest to publish from (None: the system's temporary folder)."""
-        return None
+    def write_view(self, key: str, data: memoryview) -> None:
+        """Publish a large object held in memory (a shard), without first copying it or writing it locally."""
+        self.write_bytes(key, bytes(data))
 
     def read_json(self, key: str) -> Any:
         """Parse a JSON object; a corrupt one raises :class:`CorruptState` naming it."""
@@ -153,7 +154,7 @@ class LocalLake(Lake):
         target.parent.mkdir(parents=True, exist_ok=True)
         linked = target.parent / f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
-            os.link(path, linked)  # same filesystem (the lake's scratch folder): publish without copying
+            os.link(path, linked)  # on the lake's own filesystem: published without copying
         except OSError:
             with open(path, "rb") as src:
                 self._publish(key, lambda fh: shutil.copyfileobj(src, fh, 1 << 22), os.replace)
@@ -168,11 +169,22 @@ class LocalLake(Lake):
         finally:
             linked.unlink(missing_ok=True)
 
-    def scratch(self) -> Path:
-        """A folder for temporary files on the lake's own filesystem, so that ``write_file`` links, not copies."""
-        folder = self.root / ".scratch"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+    def write_view(self, key: str, data: memoryview) -> None:
+        from ml.training.shards import write_direct
+
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        try:
+            write_direct(tmp, data)  # page-cache free where it can be: see its docstring
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
@@ -290,6 +302,11 @@ class S3Lake(Lake):
         with self._call("uploading", key):
             self.client.upload_file(str(path), self.bucket, self._key(key))
 
+    def write_view(self, key: str, data: memoryview) -> None:
+        """A multipart upload straight from memory: its parts go up concurrently, each read from ``data`` once."""
+        with self._call("uploading", key):
+            self.client.upload_fileobj(_ViewReader(data), self.bucket, self._key(key))
+
     def create_exclusive(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
@@ -362,3 +379,34 @@ class S3Lake(Lake):
             with self._call("downloading", key):
                 self.client.download_file(self.bucket, self._key(key), str(path))
             yield path
+
+
+class _ViewReader(io.RawIOBase):
+    """A seekable, read-only file over a memoryview, for boto3's uploads.
+
+    ``io.BytesIO`` would copy the whole view first; here each ``read`` copies only the part it returns.
+    """
+
+    def __init__(self, data: memoryview) -> None:
+        super().__init__()
+        self.data, self.position = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self.data) if size is None or size < 0 else min(self.position + size, len(self.data))
+        chunk = bytes(self.data[self.position : end])
+        self.position = max(self.position, end)
+        return chunk
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self.data)}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position

@@ -13,6 +13,7 @@ Everything here imports only NumPy.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -73,58 +74,61 @@ def _aligned(size: int) -> np.ndarray:
     return raw[start : start + size]
 
 
-def write_direct(path: Path, buffer: np.ndarray, length: int) -> None:
-    """Write ``buffer[:length]`` (an :func:`_aligned` buffer) to a new file at ``path``.
+def write_direct(path: Path, data: memoryview) -> None:
+    """Write ``data`` to a new file at ``path``, bypassing the page cache where the file system allows it.
 
-    Through ``O_DIRECT`` where the file system takes it: the disk reads the buffer itself, so no CPU
-    copies it into the page cache. On the 2-core VM ct is measured on, that copy cost 2.9 s of CPU
-    per GB, about a fifth of all ingest's CPU at 256 px. Elsewhere (tmpfs, macOS), an ordinary write.
+    Through ``O_DIRECT`` when ``data`` starts on an :data:`ALIGN` boundary (as :func:`_aligned` memory
+    does): the disk reads the memory itself, so no CPU copies it into the page cache. On the 2-core VM
+    ct is measured on, that copy cost 2.9 s of CPU per GB, about a fifth of all ingest's CPU at 256 px.
+    Elsewhere (tmpfs, macOS, memory that is not aligned), an ordinary write.
     """
-    view = buffer.data  # a memoryview: slices of it copy nothing
-    if not _written_direct(path, view, length):
+    if not _written_direct(path, data):
         with path.open("wb") as fh:
-            fh.write(view[:length])
+            fh.write(data)
 
 
-def _written_direct(path: Path, view: memoryview, length: int) -> bool:
-    """Whole blocks through ``O_DIRECT``, then the file cut to ``length``; False where that is refused."""
+def _written_direct(path: Path, data: memoryview) -> bool:
+    """Whole blocks through ``O_DIRECT``, the last partial block through the page cache; False where refused."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
     except (AttributeError, OSError):
         return False
     try:
-        written, padded = 0, -(-length // ALIGN) * ALIGN
-        while written < padded:
-            written += os.write(fd, view[written:padded])
+        written, blocks = 0, len(data) // ALIGN * ALIGN
+        while written < blocks:
+            written += os.write(fd, data[written:blocks])
             if written % ALIGN:
                 return False  # stopped off a block boundary: the caller writes it again
-        os.ftruncate(fd, length)
+        if written < len(data):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            while written < len(data):
+                written += os.write(fd, data[written:])
         return True
     except OSError:
-        return False
+        return False  # EINVAL: memory or file system not fit for O_DIRECT
     finally:
         os.close(fd)
 
 
+def into_folder(folder: Path) -> Callable[[str, memoryview], None]:
+    """A :class:`ShardWriter` destination that writes each shard as a file in ``folder``."""
+    return lambda name, data: write_direct(folder / name, data)
+
+
 class ShardWriter:
-    """Collect images into fixed-capacity shards in ``folder``. Memory holds two shards, never the batch.
+    """Collect images into fixed-capacity shards, each handed to ``publish`` as soon as it is full.
 
     Rows are copied into one of two aligned buffers, which already hold the ``.npy`` header; a full
-    buffer is hashed and written out (:func:`write_direct`) by a background thread while the other fills.
-
-    With ``publish``, each full shard goes to ``publish(name, path)`` at once and leaves ``folder``
-    (``publish`` must make it visible atomically, as the lake's ``write_file`` does); without, the
-    shards stay in ``folder`` until their caller publishes them.
+    buffer is hashed and given to ``publish(name, data)`` by a background thread while the other
+    fills. ``data`` is a view of the buffer itself: nothing is copied or written to a local file on
+    the way (the lake's ``write_view`` publishes it atomically; :func:`into_folder` writes files).
+    Memory holds two shards, never the batch.
     """
 
     def __init__(
-        self,
-        folder: Path,
-        shape: tuple[int, int, int],
-        rows_per_shard: int,
-        publish: Callable[[str, Path], None] | None = None,
+        self, shape: tuple[int, int, int], rows_per_shard: int, publish: Callable[[str, memoryview], None]
     ) -> None:
-        self.folder, self.shape, self.capacity, self.publish = folder, tuple(shape), rows_per_shard, publish
+        self.shape, self.capacity, self.publish = tuple(shape), rows_per_shard, publish
         self.header = npy_header((rows_per_shard, *self.shape))
         self.row_bytes = int(np.prod(self.shape))
         start, stop = len(self.header), len(self.header) + rows_per_shard * self.row_bytes
@@ -187,13 +191,9 @@ class ShardWriter:
         if len(header) != len(self.header):
             raise ShardError(f"the .npy header of {rows} rows is not as long as that of {self.capacity} rows")
         buffer[: len(header)] = np.frombuffer(header, np.uint8)
-        end = len(header) + rows * self.row_bytes
-        path = self.folder / name
-        info = ShardInfo(name, rows, hashlib.sha256(buffer.data[:end]).hexdigest())
-        write_direct(path, buffer, end)
-        if self.publish is not None:
-            self.publish(name, path)
-            path.unlink(missing_ok=True)  # publish may have moved it
+        data = buffer.data[: len(header) + rows * self.row_bytes]  # a memoryview: slicing copies nothing
+        info = ShardInfo(name, rows, hashlib.sha256(data).hexdigest())
+        self.publish(name, data)
         return info
 
 

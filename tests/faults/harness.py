@@ -2,8 +2,8 @@
 
 The hook lives here, not in production code. It counts two kinds of points in the child:
 
-* **writes** (``kill_at``): every lake write (``write_bytes``, ``write_file``, ``create_exclusive``,
-  ``delete_prefix``) and every MLflow request that changes something (POST/PUT/PATCH/DELETE that is
+* **writes** (``kill_at``): every lake write (``write_bytes``, ``write_file``, ``write_view``,
+  ``create_exclusive``, ``delete_prefix``) and every MLflow request that changes something (POST/PUT/PATCH/DELETE that is
   not a search). At write ``n`` the child SIGKILLs itself, before the write (``when="before"``) or
   just after it (``when="after"``).
 * **external calls** (``cut_at``): every MLflow HTTP request and every S3 API call. At call ``n``
@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-LAKE_WRITES = ("write_bytes", "write_file", "create_exclusive", "delete_prefix")
+LAKE_WRITES = ("write_bytes", "write_file", "write_view", "create_exclusive", "delete_prefix")
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ml.errors import StorageError, UnsafePath
 from ml.storage import Lake, LocalLake
+from ml.training import shards
 
 
 def exercise(lake: Lake) -> None:
@@ -27,6 +29,13 @@ def exercise(lake: Lake) -> None:
     assert lake.read_bytes("locks/x") == b"first"
     lake.delete_prefix("a")
     assert lake.list_keys("a") == [] and lake.exists("c.txt")
+    # A shard's buffer, published from memory: aligned and not, and on S3 past the multipart threshold (8 MB).
+    buffer = shards._aligned(9 << 20)
+    buffer[:] = np.random.default_rng(0).integers(0, 256, len(buffer), dtype=np.uint8)
+    for key, start, stop in (("v/aligned.npy", 0, (9 << 20) - 123), ("v/offset.npy", 7, 70_007)):
+        lake.write_view(key, buffer.data[start:stop])
+        assert lake.read_bytes(key) == buffer[start:stop].tobytes()
+    assert lake.list_keys("v") == ["v/aligned.npy", "v/offset.npy"], "nothing else, no temporary file"
     with pytest.raises(StorageError, match="does not exist"):
         lake.read_bytes("a/two.json")
     with pytest.raises(UnsafePath):

@@ -20,16 +20,10 @@ from ml.training.loop import FitConfig, fit
 from ml.training.shards import ShardError, ShardWriter
 
 
-def _write(folder: Path, images: np.ndarray, capacity: int, fail_at: int | None = None) -> list[shards.ShardInfo]:
+def _write(folder: Path, images: np.ndarray, capacity: int) -> list[shards.ShardInfo]:
     published = folder / "published"
     published.mkdir(exist_ok=True)
-
-    def publish(name: str, path: Path) -> None:
-        if fail_at is not None and name == shards.shard_name(fail_at):
-            raise OSError("the store went away")
-        path.replace(published / name)
-
-    writer = ShardWriter(folder, images.shape[1:], capacity, publish)
+    writer = ShardWriter(images.shape[1:], capacity, shards.into_folder(published))
     for image in images:
         writer.add(image)
     return writer.close()
@@ -58,10 +52,11 @@ def test_shard_files_hold_exactly_their_bytes_whichever_way_they_are_written(
         monkeypatch.delattr(os, "O_DIRECT", raising=False)
     buffer = shards._aligned(3 * shards.ALIGN)
     buffer[:] = np.random.default_rng(2).integers(0, 256, len(buffer), dtype=np.uint8)
-    for length in (1, shards.ALIGN, shards.ALIGN + 77, 3 * shards.ALIGN):
-        path = tmp_path / f"{length}.bin"
-        shards.write_direct(path, buffer, length)
-        assert path.read_bytes() == buffer[:length].tobytes()
+    # Aligned starts (O_DIRECT for the whole blocks, then the tail), and one that is not (an ordinary write).
+    for start, length in ((0, 1), (0, shards.ALIGN), (0, shards.ALIGN + 77), (0, 3 * shards.ALIGN), (5, 9000)):
+        path = tmp_path / f"{start}-{length}.bin"
+        shards.write_direct(path, buffer.data[start : start + length])
+        assert path.read_bytes() == buffer[start : start + length].tobytes()
 
 
 def test_a_shard_that_is_not_the_one_named_is_refused(tmp_path: Path) -> None:
@@ -81,30 +76,32 @@ def test_a_failed_publish_leaves_no_manifest_and_a_rerun_curates_the_batch(
     """The writer's atomicity as a reader sees it: shards without a manifest are never read, and are rewritten."""
     small = settings.model_copy(update={"image": settings.image.model_copy(update={"shard_mb": 0.05})})
     write_batch("b1", 0, 150)
-    real = lake.write_file
+    real = lake.write_view
     calls = {"n": 0}
-    on_disk: list[int] = []  # shards waiting in the scratch folder at each publish
+    before: list[int] = []  # shards already in the lake at each publish
 
-    def flaky(key: str, path: Path) -> None:
+    def flaky(key: str, data: memoryview) -> None:
         if "/shards/" in key:
             calls["n"] += 1
-            on_disk.append(len(list(path.parent.glob("shard-*.npy"))))
+            assert isinstance(data, memoryview), "the shard's own buffer, not a copy"
+            before.append(len(lake.list_keys(layout.shards("b1"))))
             if calls["n"] == 2:
                 raise OSError("S3 went away mid-batch")
-        real(key, path)
+        real(key, data)
 
-    monkeypatch.setattr(lake, "write_file", flaky)
+    monkeypatch.setattr(lake, "write_view", flaky)
     with pytest.raises(OSError):
         ingest_batch(lake, "b1", small)
     assert lake.list_keys(layout.shards("b1")) and not lake.exists(layout.manifest("b1"))
     assert calls["n"] == 2, "the failed publish stopped the scan: no shard was written after it"
-    calls["n"], on_disk[:] = 100, []
+    calls["n"], before[:] = 100, []
     result = ingest_batch(lake, "b1", small)
     assert result["status"] == "curated"
     manifest = read_manifest(lake, "b1")
     assert manifest["shard"].nunique() > 1, "0.05 MB shards: the batch spans several"
-    assert len(on_disk) == manifest["shard"].nunique() and max(on_disk) == 1, "each shard leaves as it fills"
+    assert before == list(range(manifest["shard"].nunique())), "the earlier attempt's went first; then one by one"
     assert sorted(lake.list_children(layout.shards("b1"))) == sorted(manifest["shard"].unique())
+    assert not [p for p in lake.root.rglob("*") if p.name.endswith(".tmp")], "no temporary file is left behind"
     # Every row reads back as what a single-array load gives, through the checked shards.
     with ShardReader(lake) as reader:
         whole = rows_of(reader, ["b1"], None, small.labels).images()
