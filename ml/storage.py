@@ -150,41 +150,44 @@ class LocalLake(Lake):
         self._publish(key, lambda fh: fh.write(data), os.replace)
 
     def write_file(self, key: str, path: Path) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        linked = target.parent / f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        target, temporary = self._beside(key)
         try:
-            os.link(path, linked)  # on the lake's own filesystem: published without copying
+            os.link(path, temporary)  # on the lake's own filesystem: published without copying
         except OSError:
             with open(path, "rb") as src:
                 self._publish(key, lambda fh: shutil.copyfileobj(src, fh, 1 << 22), os.replace)
             return
-        try:
-            fd = os.open(linked, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(linked, target)
-        finally:
-            linked.unlink(missing_ok=True)
+        self._settle(temporary, target)
 
     def write_view(self, key: str, data: memoryview) -> None:
         from ml.training.shards import write_direct
 
+        target, temporary = self._beside(key)
+        try:
+            write_direct(temporary, data)  # page-cache free where it can be: see its docstring
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        self._settle(temporary, target)
+
+    def _beside(self, key: str) -> tuple[Path, Path]:
+        """The path of ``key``, and a temporary name beside it (its folder made)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        return target, target.parent / f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+
+    @staticmethod
+    def _settle(temporary: Path, target: Path) -> None:
+        """Make ``temporary`` durable, then rename it to ``target``; it is gone either way."""
         try:
-            write_direct(tmp, data)  # page-cache free where it can be: see its docstring
-            fd = os.open(tmp, os.O_RDONLY)
+            fd = os.open(temporary, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, target)
+            os.replace(temporary, target)
         finally:
-            tmp.unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
