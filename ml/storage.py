@@ -97,9 +97,9 @@ class Lake(ABC):
     def write_file(self, key: str, path: Path) -> None:
         self.write_bytes(key, path.read_bytes())
 
+    @abstractmethod
     def write_view(self, key: str, data: memoryview) -> None:
         """Publish a large object held in memory (a shard), without first copying it or writing it locally."""
-        self.write_bytes(key, bytes(data))
 
     def read_json(self, key: str) -> Any:
         """Parse a JSON object; a corrupt one raises :class:`CorruptState` naming it."""

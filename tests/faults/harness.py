@@ -3,9 +3,9 @@
 The hook lives here, not in production code. It counts two kinds of points in the child:
 
 * **writes** (``kill_at``): every lake write (``write_bytes``, ``write_file``, ``write_view``,
-  ``create_exclusive``, ``delete_prefix``) and every MLflow request that changes something (POST/PUT/PATCH/DELETE that is
-  not a search). At write ``n`` the child SIGKILLs itself, before the write (``when="before"``) or
-  just after it (``when="after"``).
+  ``create_exclusive``, ``delete_prefix``) and every MLflow request that changes something
+  (POST/PUT/PATCH/DELETE that is not a search). At write ``n`` the child SIGKILLs itself, before
+  the write (``when="before"``) or just after it (``when="after"``).
 * **external calls** (``cut_at``): every MLflow HTTP request and every S3 API call. At call ``n``
   the hook freezes the named service (SIGSTOP on its process group) and lets the call go on, so the
   step meets a real server that stopped answering. The test thaws it afterwards.
