@@ -133,7 +133,7 @@ def describe_all(images: np.ndarray, labels: np.ndarray, settings: Any) -> tuple
     """Manifest-like rows (ingest's ``describe()``) and model-sized arrays."""
     from PIL import Image
 
-    from ml.ingest import describe
+    from ml.data.ingest import describe
 
     rows, arrays = [], []
     for pixels, label in zip(images, labels, strict=True):
@@ -146,9 +146,9 @@ def describe_all(images: np.ndarray, labels: np.ndarray, settings: Any) -> tuple
 def train_champion(arrays: np.ndarray, labels: np.ndarray, settings: Any) -> Any:
     import torch
 
-    from ml.data import Split
+    from ml.data.curated import Split
+    from ml.learn.train import fit
     from ml.model import build_model
-    from ml.train import fit
 
     torch.manual_seed(settings.train.seed)
     model = build_model("digits_cnn", 1, 10)
@@ -168,7 +168,7 @@ def build_windows(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
     from ml.config import load_settings
     from ml.demo import digits
-    from ml.embed import embed_and_predict
+    from ml.learn.embed import embed_and_predict
 
     settings = load_settings({
         "CT_HOME": "/tmp/ct-drift-power", "CT_IMAGE__SIZE": str(size), "CT_TRAIN__EPOCHS": str(args.epochs),
@@ -233,7 +233,7 @@ def judge(data: dict[str, Any], cfg: Any) -> pd.DataFrame:
     Every window has the same size, so the thresholds (which depend only on the reference, the
     window's size and the seed) are calibrated once, exactly as the drift step would for each.
     """
-    from ml.drift import embedding_calibration, embedding_drift, summarise, tabular_features, tabular_thresholds
+    from ml.decide.drift import embedding_calibration, embedding_drift, summarise, tabular_features, tabular_thresholds
 
     reference, reference_embeddings = data["reference"], data["reference_embeddings"]
     thresholds = tabular_thresholds(reference, WINDOW_ROWS, cfg)

@@ -4,8 +4,8 @@ Each simulated gate draws ``n`` fresh evaluation rows over ten classes (one of t
 rows) and the paired outcomes of a champion and a candidate whose true accuracies are known. Errors
 are correlated the way two models of one family are: each row has a shared difficulty, and a
 model is wrong when difficulty plus its own noise passes its threshold (a Gaussian copula with
-latent correlation ``--rho``). Every decision is made by :func:`ml.gate.decide`, the function the
-gate step calls, at the level :func:`ml.stats.alpha_for` gives the k-th challenge.
+latent correlation ``--rho``). Every decision is made by :func:`ml.decide.gate.decide`, the function the
+gate step calls, at the level :func:`ml.decide.stats.alpha_for` gives the k-th challenge.
 
 It prints the promotion rates per (n, champion accuracy, true Δ), then the targets of the issue,
 each measured over at least 1,000 gates or 200 sequences, with PASS or FAIL. Exit 1 on a FAIL.
@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from ml import stats
 from ml.config import GateConfig
-from ml.gate import decide
+from ml.decide import stats
+from ml.decide.gate import decide
 
 LABELS = tuple(f"c{i}" for i in range(10))
 SHARES = np.array([0.02] + [0.98 / 9] * 9)  # class c0 is the 2% class

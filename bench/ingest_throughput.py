@@ -1,6 +1,6 @@
 """Ingest throughput and memory at scale, next to a bare decode + hash + resize loop on the same cores.
 
-For each size (default 20k and 100k synthetic 256 px RGB PNGs, :mod:`ml.synthetic`):
+For each size (default 20k and 100k synthetic 256 px RGB PNGs, :mod:`ml.data.synthetic`):
 
 * ``bare``: a thread pool (one thread per core) that reads each file, hashes it, decodes it with
   PIL and resizes it to ``image.store_size``: the floor for what ingest has to do;
@@ -49,7 +49,7 @@ LABELS = tuple(str(i) for i in range(10))
 def _write_chunk(args: tuple[str, int, int, int, int]) -> int:
     from PIL import Image
 
-    from ml import synthetic
+    from ml.data import synthetic
 
     folder, start, count, size, seed = args
     images, labels = synthetic.images(count, size, len(LABELS), seed=seed)
@@ -166,7 +166,7 @@ def ct_child(batch_id: str) -> None:
     import great_expectations  # noqa: F401 - imported before the clock starts, as in a warm worker
 
     from ml.config import load_settings
-    from ml.ingest import ingest_batch
+    from ml.data.ingest import ingest_batch
     from ml.storage import Lake
 
     settings = load_settings()

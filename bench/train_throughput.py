@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ml.data.synthetic import images as synthetic_images
 from ml.model import build_model
-from ml.synthetic import images as synthetic_images
 from ml.training.augment import augment
 from ml.training.loader import Loader, ShardSet
 from ml.training.loop import FitConfig, fit

@@ -29,7 +29,7 @@ TARGET_S = 15.0
 
 def manifest(rows: int, seed: int, brightness: float = 0.0) -> pd.DataFrame:
     """A synthetic manifest with the columns and value ranges ingest writes."""
-    from ml.ingest import MANIFEST_COLUMNS
+    from ml.data.ingest import MANIFEST_COLUMNS
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, rows).astype(str)
@@ -47,8 +47,8 @@ def manifest(rows: int, seed: int, brightness: float = 0.0) -> pd.DataFrame:
 
 def run_ct(rows: int) -> dict[str, float]:
     from ml.config import load_settings
-    from ml.drift import compare
-    from ml.validate import validate_manifest
+    from ml.data.validate import validate_manifest
+    from ml.decide.drift import compare
 
     settings = load_settings({"CT_HOME": "/tmp/ct-bench", "CT_INGEST__MAX_CLASS_SHARE": "0.5"})
     current, reference = manifest(rows, 1, brightness=4.0), manifest(rows, 2)

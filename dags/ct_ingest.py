@@ -7,7 +7,7 @@
 
 **Does** `python -m ml ingest` (a subprocess; with the kubernetes runner, a deferrable pod):
 decodes every image inside the batch root, builds the manifest, validates it with the Great
-Expectations suite `ml/suites/manifest.json`, then writes `curated/<batch_id>/` or
+Expectations suite `ml/data/suites/manifest.json`, then writes `curated/<batch_id>/` or
 `quarantine/<batch_id>/report.json`.
 
 **Emits** a `ct_curated_batches` event with the curated `batch_ids`, which starts `ct_retrain`.

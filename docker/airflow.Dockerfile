@@ -3,8 +3,8 @@
 #
 #   airflow  the api-server, dag-processor and triggerer, and the one-shot `airflow-init` job. No torch,
 #            mlflow, great-expectations or evidently. The plugins import ml.config (pydantic, pyyaml),
-#            ml.storage (boto3 for an s3:// lake), ml.ingest (the triggerer's landing watcher) and, for the
-#            api-server's /ct/decisions, ml.promote, which imports numpy and pandas at module level; so
+#            ml.storage (boto3 for an s3:// lake), ml.data.ingest (the triggerer's landing watcher) and, for the
+#            api-server's /ct/decisions, ml.release.promote, which imports numpy and pandas at module level; so
 #            those light libraries are here too. The build fails if torch ever creeps in.
 #   worker   airflow plus the step libraries, at the versions the trainer image uses (torch, torchvision,
 #            great-expectations, evidently, mlflow, scipy, scikit-learn, pillow). In the compose stack the
@@ -25,7 +25,7 @@
 #   image history.)
 # Smoke, on a machine with Docker:
 #   docker run --rm ct-airflow:0.1.0 airflow version
-#   docker run --rm ct-airflow:0.1.0 python -c "import ml.config, ml.ingest, ml.promote, ct_airflow.operators"
+#   docker run --rm ct-airflow:0.1.0 python -c "import ml.config, ml.data.ingest, ml.release.promote, ct_airflow.operators"
 #   docker run --rm ct-airflow-worker:0.1.0 python -m ml --help
 #
 # Nothing secret is baked in: the database URL, Fernet key, JWT secret and S3 keys arrive as environment
@@ -93,7 +93,7 @@ COPY ml /opt/ct/ml
 COPY plugins /opt/airflow/plugins
 COPY dags /opt/airflow/dags
 COPY --chmod=0755 docker/airflow-init.sh /usr/local/bin/ct-airflow-init
-RUN python -c "import ml.config, ml.storage, ml.ingest, ml.promote, ml.cli"
+RUN python -c "import ml.config, ml.storage, ml.data.ingest, ml.release.promote, ml.cli"
 
 USER 50000:50000
 CMD ["airflow", "version"]
@@ -113,7 +113,7 @@ USER 0
 RUN python -m pip install -c /opt/ct/requirements.lock \
         torch torchvision great-expectations evidently mlflow pillow scipy scikit-learn onnx onnxruntime \
     && python -m pip check \
-    && python -c "import ml.cli, ml.train, ml.drift, ml.validate, ml.evaluate, torch, torchvision"
+    && python -c "import ml.cli, ml.learn.train, ml.decide.drift, ml.data.validate, ml.learn.evaluate, torch, torchvision"
 
 # What the NVIDIA container runtime mounts from the host driver when the gpu profile hands over a device.
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility

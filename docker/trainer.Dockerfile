@@ -40,7 +40,7 @@ RUN python -m pip install -c requirements.lock \
         onnx onnxruntime
 COPY pyproject.toml README.md ./
 COPY ml ./ml
-RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.train, ml.drift, ml.validate, ml.model.artifact, onnx, onnxruntime"
+RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.learn.train, ml.decide.drift, ml.data.validate, ml.model.artifact, onnx, onnxruntime"
 
 RUN groupadd --gid 10001 ct && useradd --uid 10001 --gid ct --no-create-home --shell /usr/sbin/nologin ct \
     && mkdir -p /airflow/xcom /tmp/ct && chown -R ct:ct /airflow /tmp/ct

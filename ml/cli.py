@@ -57,14 +57,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def step_ingest(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.ingest import ingest_many
+    from ml.data.ingest import ingest_many
 
     return ingest_many(lake, args.batch_id, settings)
 
 
 def _champion_and_reference(settings: Settings, lake: Lake) -> tuple[str | None, list[str]]:
-    from ml import registry
-    from ml.window import trained_batches
+    from ml.data.window import trained_batches
+    from ml.release import registry
 
     champion = registry.champion(registry.client(settings), settings.model_name)
     if champion is None:
@@ -73,10 +73,10 @@ def _champion_and_reference(settings: Settings, lake: Lake) -> tuple[str | None,
 
 
 def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml import registry
-    from ml.drift import detect_drift
-    from ml.promote import ACCURACY_TAG
-    from ml.window import plan_window
+    from ml.data.window import plan_window
+    from ml.decide.drift import detect_drift
+    from ml.release import registry
+    from ml.release.promote import ACCURACY_TAG
 
     window = plan_window(lake, settings, args.run_key, lambda: _champion_and_reference(settings, lake))
     champion_model, recorded = None, None
@@ -103,8 +103,10 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
 
 
 def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml import layout, policy, registry
-    from ml.window import load_window
+    from ml import layout
+    from ml.data.window import load_window
+    from ml.decide import policy
+    from ml.release import registry
 
     recorded = policy.recorded_decision(lake, args.run_key)
     if recorded is None:
@@ -127,19 +129,19 @@ def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dic
 
 
 def step_train(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.train import train
+    from ml.learn.train import train
 
     return train(lake, settings, args.run_key)
 
 
 def step_evaluate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.evaluate import evaluate
+    from ml.learn.evaluate import evaluate
 
     return evaluate(lake, settings, args.run_key)
 
 
 def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.promote import PENDING, approval_markdown, headline, run_gate
+    from ml.release.promote import PENDING, approval_markdown, headline, run_gate
 
     record = run_gate(
         lake, settings, args.run_key, backfill=args.backfill, allow_backfill_promote=args.allow_backfill_promote
@@ -172,7 +174,7 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
 
 
 def step_override(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.promote import headline, run_override
+    from ml.release.promote import headline, run_override
 
     run_key = args.run_key or f"cli-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
     version = args.to if args.step == "rollback" else args.version
@@ -181,7 +183,7 @@ def step_override(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
 
 
 def step_approval(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.promote import headline, run_approval
+    from ml.release.promote import headline, run_approval
 
     record = run_approval(lake, settings, args.run_key, args.answer, args.by or None, args.comment)
     keep = ("run_key", "decision", "reasons", "candidate_version", "champion_version", "approval", "history_key",
@@ -190,7 +192,7 @@ def step_approval(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
 
 
 def step_freeze_golden(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    from ml.ingest import freeze_golden
+    from ml.data.ingest import freeze_golden
 
     return freeze_golden(lake, args.batch_id, args.name, settings)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ml import layout
 from ml.errors import CorruptState
-from ml.promote import MOVES, RECORD_NAMES, decision_id
+from ml.release.promote import MOVES, RECORD_NAMES, decision_id
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def timeline_entry(record: dict[str, Any]) -> dict[str, Any]:
 def timeline(
     records: list[dict[str, Any]], decision: str | None = None, backfill: bool | None = None
 ) -> list[dict[str, Any]]:
-    """The history's ``records`` (:func:`ml.promote.read_history`) newest first, filtered by decision
+    """The history's ``records`` (:func:`ml.release.promote.read_history`) newest first, filtered by decision
     and by live (``backfill=False``) or backfill runs."""
     entries = [timeline_entry(r) for r in reversed(records)]
     if decision:
@@ -189,7 +189,7 @@ def reingest_hint(batch_id: str) -> dict[str, str]:
 
 def data_status(lake: Lake) -> dict[str, Any]:
     """Landing batches waiting for ingest, curated batches with their row counts, quarantined batches."""
-    from ml.ingest import curated_batches, pending_batches, quarantined_batches
+    from ml.data.ingest import curated_batches, pending_batches, quarantined_batches
 
     curated = []
     for batch_id in curated_batches(lake):

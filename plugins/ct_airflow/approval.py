@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 APPROVE, REJECT = "Approve", "Reject"
-# Kept in step with ml.promote (not imported: DAG files stay light at parse time).
+# Kept in step with ml.release.promote (not imported: DAG files stay light at parse time).
 PENDING, EXPIRED = "pending", "expired"
 
 

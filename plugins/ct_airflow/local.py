@@ -343,7 +343,7 @@ def _play(home: Path, env: Mapping[str, str]) -> int:
             print(f"   gate: {row['decision']}: {row['reason']}", flush=True)
 
     print_table(rows)
-    from ml import registry
+    from ml.release import registry
 
     champion = registry.champion(registry.client(settings), settings.model_name)
     print(f"\n@champion of {settings.model_name}: v{champion.version if champion else None}")

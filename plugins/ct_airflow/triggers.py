@@ -23,7 +23,7 @@ def claim_new_batches(lake_uri: str | None) -> list[str]:
     """Find committed batches that nobody has announced yet, and mark them announced."""
     from ml import layout
     from ml.config import load_settings
-    from ml.ingest import pending_batches
+    from ml.data.ingest import pending_batches
     from ml.storage import Lake
 
     lake = Lake.from_uri(lake_uri or load_settings().lake_uri)

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ml import layout, overview, registry
+from ml import layout, overview
+from ml.release import registry
 
 
 def states(dag_run) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ml import registry
+from ml.release import registry
 
 
 @pytest.fixture

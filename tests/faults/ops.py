@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ml import layout, registry
+from ml import layout
 from ml.config import load_settings
-from ml.lease import generation_key, generations
-from ml.promote import read_history
+from ml.data.window import window_key
+from ml.release import registry
+from ml.release.lease import generation_key, generations
+from ml.release.promote import read_history
 from ml.storage import Lake
-from ml.window import window_key
 
 
 def register_copy(source_key: str, new_key: str) -> str:
@@ -35,7 +36,7 @@ def copy_window(source_key: str, new_key: str) -> None:
 
 
 def batch_state(batch_id: str) -> dict[str, Any]:
-    from ml.ingest import load_images, read_manifest
+    from ml.data.ingest import load_images, read_manifest
 
     lake = Lake.from_uri(load_settings().lake_uri)
     curated = lake.exists(layout.manifest(batch_id))
@@ -86,12 +87,12 @@ def snapshot(
 
 
 def recompute_gate(run_key: str) -> str:
-    """The decision ml.gate gives on the run's final eval.json at the level its record claimed:
+    """The decision ml.decide.gate gives on the run's final eval.json at the level its record claimed:
     what the recorded decision must equal."""
     import numpy as np
 
-    from ml import gate
-    from ml.evaluate import eval_key
+    from ml.decide import gate
+    from ml.learn.evaluate import eval_key
 
     settings = load_settings()
     lake = Lake.from_uri(settings.lake_uri)

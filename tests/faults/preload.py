@@ -9,11 +9,4 @@ import scipy.stats  # noqa: F401
 import torch  # noqa: F401
 from botocore.client import BaseClient  # noqa: F401
 
-import ml.cli
-import ml.evaluate
-import ml.ingest
-import ml.model.artifact
-import ml.promote
-import ml.train
-import ml.validate  # noqa: F401
 import tests.faults.harness  # noqa: F401

@@ -8,8 +8,9 @@ answer, the links in MLflow's tags, and who is never asked.
 
 from __future__ import annotations
 
-from ml import layout, registry
+from ml import layout
 from ml.config import load_settings
+from ml.release import registry
 from tests.ml.test_promotion import candidate, champion_now, history, make_weak_champion
 
 

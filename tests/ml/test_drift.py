@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from ml.config import DriftConfig, Settings, load_settings
-from ml.data import Split
-from ml.demo import drift as camera_shift
-from ml.drift import (
+from ml.data.curated import Split
+from ml.data.ingest import describe
+from ml.decide.drift import (
     compare,
     embedding_calibration,
     embedding_drift,
@@ -27,10 +27,10 @@ from ml.drift import (
     tabular_features,
     tabular_thresholds,
 )
-from ml.embed import embed_and_predict
-from ml.ingest import describe
+from ml.demo import drift as camera_shift
+from ml.learn.embed import embed_and_predict
+from ml.learn.train import fit
 from ml.model import build_model
-from ml.train import fit
 
 REFERENCE = slice(0, 700)  # the champion's batch
 POOL = slice(700, None)  # where new batches come from

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from ml import layout, registry
+from ml import layout
 from ml.config import load_settings
+from ml.data.window import window_key
 from ml.errors import CorruptState, InfrastructureUnavailable
-from ml.promote import read_history
-from ml.window import window_key
+from ml.release import registry
+from ml.release.promote import read_history
 from tests.conftest import free_port
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml import stats
 from ml.config import GateConfig
-from ml.gate import decide, discordant
+from ml.decide import stats
+from ml.decide.gate import decide, discordant
 
 LABELS = ("a", "b", "c")
 

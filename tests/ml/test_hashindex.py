@@ -7,8 +7,9 @@ import hashlib
 import pandas as pd
 import pytest
 
-from ml import hashindex, layout
-from ml.ingest import ingest_batch, read_manifest
+from ml import layout
+from ml.data import hashindex
+from ml.data.ingest import ingest_batch, read_manifest
 
 
 def _hashes(tag: str, n: int) -> list[str]:

@@ -13,10 +13,10 @@ from PIL import Image
 
 from ml import layout
 from ml.config import load_settings
+from ml.data.ingest import ingest_batch, ingest_many, landing_id, pending_batches, read_manifest
 from ml.demo import png_bytes
 from ml.demo import write_batch as write_to
 from ml.errors import UsageError
-from ml.ingest import ingest_batch, ingest_many, landing_id, pending_batches, read_manifest
 from ml.storage import Lake, LocalLake, S3Lake
 
 AFTER = "zz-after"  # sorts after every bad batch below: a plain ingest must still reach it

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ml import layout
-from ml.ingest import CURATED_COLUMNS, ingest_batch, pending_batches, read_manifest, split_for
+from ml.data.ingest import CURATED_COLUMNS, ingest_batch, pending_batches, read_manifest, split_for
 from ml.storage import Lake
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ml.errors import CtError, LeaseLost
-from ml.lease import generation_key, generations, promotion_lease
+from ml.release.lease import generation_key, generations, promotion_lease
 from ml.storage import Lake
 
 ROUNDS = 12

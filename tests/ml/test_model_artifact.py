@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from ml import registry
 from ml.config import load_settings
 from ml.errors import ChampionUnavailable
 from ml.model import artifact, build_model
 from ml.model.artifact import ModelFileError, ModelSpec
+from ml.release import registry
 
 DIGITS = ModelSpec(arch="digits_cnn", channels=1, num_classes=10, image_size=8, labels=tuple("0123456789"))
 
@@ -142,7 +142,7 @@ def test_a_pickled_version_in_the_registry_is_refused_unless_allowed(
     assert not marker.exists()
 
     monkeypatch.setenv("CT_ALLOW_PICKLED_MODELS", "true")
-    with caplog.at_level(logging.WARNING, logger="ml.registry"):
+    with caplog.at_level(logging.WARNING, logger="ml.release.registry"):
         model = registry.load_model(load_settings(), version)
     assert isinstance(model, torch.nn.Module)
     assert marker.exists()  # it did run the pickle's code: exactly why it takes a flag

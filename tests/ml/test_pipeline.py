@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ml import layout, registry
+from ml import layout
 from ml.config import load_settings
+from ml.release import registry
 
 
 def retrain(run_step, run_key: str, *, force: bool = False) -> dict:  # type: ignore[no-untyped-def]

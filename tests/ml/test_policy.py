@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ml.config import PolicyConfig
-from ml.policy import PolicyState, decide
-from ml.window import Window
+from ml.data.window import Window
+from ml.decide.policy import PolicyState, decide
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0
@@ -99,7 +99,7 @@ def test_considered_batches_accumulate() -> None:
 
 # -- the policy memory in the lake ------------------------------------------------------------
 def _record(lake, run_key: str, as_of: float, backfill: bool = False) -> dict:  # type: ignore[no-untyped-def]
-    from ml.policy import load_state, record_decision
+    from ml.decide.policy import load_state, record_decision
 
     state = load_state(lake)
     win = Window(**{**window(new_images=500).to_dict(), "run_key": run_key})
@@ -108,7 +108,7 @@ def _record(lake, run_key: str, as_of: float, backfill: bool = False) -> dict:  
 
 
 def test_a_backfill_records_its_decision_but_never_writes_the_live_memory(lake) -> None:
-    from ml.policy import load_state
+    from ml.decide.policy import load_state
 
     _record(lake, "live", NOW)
     before = load_state(lake)
@@ -120,7 +120,7 @@ def test_a_backfill_records_its_decision_but_never_writes_the_live_memory(lake) 
 
 def test_a_rerun_applies_the_memory_a_killed_decide_committed(lake) -> None:
     from ml import layout
-    from ml.policy import apply_state, load_state, recorded_decision
+    from ml.decide.policy import apply_state, load_state, recorded_decision
 
     _record(lake, "first", NOW)
     committed = _record(lake, "second", NOW + HOUR)
@@ -132,7 +132,7 @@ def test_a_rerun_applies_the_memory_a_killed_decide_committed(lake) -> None:
 
 
 def test_memory_a_later_run_wrote_is_never_overwritten(lake) -> None:
-    from ml.policy import apply_state, load_state
+    from ml.decide.policy import apply_state, load_state
 
     stale = _record(lake, "a", NOW)
     _record(lake, "b", NOW + HOUR)
@@ -141,7 +141,7 @@ def test_memory_a_later_run_wrote_is_never_overwritten(lake) -> None:
 
 
 def test_last_retrain_never_moves_back(lake) -> None:
-    from ml.policy import load_state
+    from ml.decide.policy import load_state
 
     _record(lake, "now", NOW)
     _record(lake, "late-arrival", NOW - 5 * HOUR)

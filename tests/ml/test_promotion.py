@@ -10,8 +10,9 @@ import shutil
 
 import pytest
 
-from ml import layout, registry
+from ml import layout
 from ml.config import load_settings
+from ml.release import registry
 
 
 def candidate(run_step, run_key: str) -> dict:  # type: ignore[no-untyped-def]
@@ -47,7 +48,7 @@ def champion_now() -> str | None:
 
 
 def history() -> list[dict]:
-    from ml.promote import history as read_history
+    from ml.release.promote import history as read_history
     from ml.storage import Lake
 
     return read_history(Lake.from_uri(load_settings().lake_uri))
@@ -137,7 +138,7 @@ def test_golden_set_joins_every_evaluation(run_step, weak_champion, write_batch,
 
 
 def reign_now() -> dict:
-    from ml.reign import reign_key
+    from ml.decide.reign import reign_key
     from ml.storage import Lake
 
     return Lake.from_uri(load_settings().lake_uri).read_json(reign_key())
@@ -146,9 +147,9 @@ def reign_now() -> dict:
 def test_live_challenges_spend_the_reign_budget_and_a_move_starts_a_new_one(
     run_step, weak_champion, write_batch, monkeypatch
 ) -> None:
-    from ml import stats
-    from ml.lease import promotion_lease
-    from ml.reign import claim
+    from ml.decide import stats
+    from ml.decide.reign import claim
+    from ml.release.lease import promotion_lease
     from ml.storage import Lake
 
     alpha = load_settings().gate.alpha

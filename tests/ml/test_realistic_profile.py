@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml import layout, synthetic
+from ml import layout
 from ml.config import load_settings
+from ml.data import synthetic
+from ml.data.ingest import read_manifest
 from ml.demo import write_batch
-from ml.ingest import read_manifest
 from ml.storage import Lake
 
 PROFILE = Path(__file__).resolve().parents[2] / "ml" / "profiles" / "resnet18_224.yaml"

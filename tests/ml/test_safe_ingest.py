@@ -12,7 +12,7 @@ from PIL import Image
 
 from ml import layout
 from ml.config import load_settings
-from ml.ingest import ingest_batch, read_manifest
+from ml.data.ingest import ingest_batch, read_manifest
 from ml.storage import Lake
 
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import optimize
 from scipy import stats as scipy_stats
 
-from ml import stats
+from ml.decide import stats
 
 
 def reference_score_z(wins: int, losses: int, n: int, margin: float) -> float:

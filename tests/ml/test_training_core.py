@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ml import layout
-from ml.data import ShardReader, rows_of, shard_set
-from ml.ingest import ingest_batch, read_manifest
+from ml.data.curated import ShardReader, rows_of, shard_set
+from ml.data.ingest import ingest_batch, read_manifest
 from ml.model import build_model
 from ml.training import shards
 from ml.training.augment import augment

@@ -24,7 +24,7 @@ from fastapi import HTTPException, Request
 
 OPS_DAG = "ct_ops"
 ACTIONS = ("rollback", "promote")
-MIN_REASON_CHARS = 10  # kept in step with ml.promote.MIN_REASON_CHARS (and ct_ops's Param)
+MIN_REASON_CHARS = 10  # kept in step with ml.release.promote.MIN_REASON_CHARS (and ct_ops's Param)
 API_TIMEOUT_S = 30.0
 COOKIE = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN
 

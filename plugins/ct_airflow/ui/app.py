@@ -122,7 +122,7 @@ def _registry_champion(settings: Any) -> tuple[str | None, str | None]:
     """MLflow's @champion version, or why it is not known; never waits more than REGISTRY_TIMEOUT_S."""
 
     def ask() -> str | None:
-        from ml import registry
+        from ml.release import registry
 
         return registry.champion_version(registry.client(settings), settings.model_name)
 
@@ -167,7 +167,7 @@ def create_app() -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def overview(decision: str = "", runs: str = "all") -> HTMLResponse:
         from ml import overview as data
-        from ml.promote import read_history
+        from ml.release.promote import read_history
 
         settings = _settings()
         records, problems = read_history(_lake(settings))  # once: on S3 every record is a GET
@@ -217,7 +217,7 @@ def create_app() -> FastAPI:
                                  data=data.data_status(_lake(settings)), links=_links(settings, set())))  # fmt: skip
 
     def actions_page(request: Request, status: int = 200, **form: Any) -> HTMLResponse:
-        from ml.promote import read_history
+        from ml.release.promote import read_history
 
         settings = _settings()
         lake = _lake(settings)
@@ -298,7 +298,7 @@ def create_app() -> FastAPI:
     @app.get("/decisions")
     def list_decisions(response: Response, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first. An unreadable record is skipped and named in ``X-Ct-Unreadable`` (and the log)."""
-        from ml.promote import read_history
+        from ml.release.promote import read_history
 
         records, problems = read_history(_lake(_settings()), limit)
         if problems:

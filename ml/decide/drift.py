@@ -46,9 +46,9 @@ from scipy import stats
 
 from ml import layout
 from ml.config import DriftConfig, Settings
-from ml.ingest import read_manifest
+from ml.data.ingest import read_manifest
+from ml.data.window import Window
 from ml.storage import Lake
-from ml.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -517,9 +517,9 @@ def detect_drift(
     result, snapshot = compare(current, reference, cfg)
     quality = None
     if champion_model is not None:
-        from ml.data import ShardReader, join_rows, rows_of
-        from ml.embed import embed_and_predict
-        from ml.train import pick_device, predict
+        from ml.data.curated import ShardReader, join_rows, rows_of
+        from ml.learn.embed import embed_and_predict
+        from ml.learn.train import pick_device, predict
 
         device = pick_device(settings.train.device)
         size, limit = settings.image.size, cfg.embedding_max_rows

@@ -2,10 +2,10 @@
 
 Every champion is challenged again and again, so the family of tests to protect is the sequence of
 challengers against one champion. The k-th live challenge is tested at ``α_k = α·6/(π²k²)``
-(:func:`ml.stats.alpha_for`); over any number of challenges they sum to at most ``gate.alpha``.
+(:func:`ml.decide.stats.alpha_for`); over any number of challenges they sum to at most ``gate.alpha``.
 
 The state is one object, ``state/reign.json``: which champion reigns, which decision installed it,
-and the challenges claimed so far. It follows the decisions' protocol (:mod:`ml.promote`):
+and the challenges claimed so far. It follows the decisions' protocol (:mod:`ml.release.promote`):
 
 * **Claim before deciding, under the promotion lease.** A live gate claims the next k (a fenced
   write) and only then decides at ``α_k``; its record carries k. A gate killed after its claim
@@ -25,11 +25,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ml import layout, stats
+from ml import layout
+from ml.decide import stats
 from ml.storage import Lake
 
 if TYPE_CHECKING:
-    from ml.lease import Lease
+    from ml.release.lease import Lease
 
 log = logging.getLogger(__name__)
 

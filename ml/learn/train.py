@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ml import layout, registry
+from ml import layout
 from ml.config import Settings
-from ml.data import Split
+from ml.data.curated import Split
+from ml.data.window import Window, load_window, window_key
 from ml.errors import CtError
+from ml.release import registry
 from ml.storage import Lake
-from ml.window import Window, load_window, window_key
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def fit(model: Any, train: Split, val: Split, settings: Settings, device: Any) -
 
 
 def _validator(val: Any, device: Any) -> Any:
-    """Accuracy on the validation rows (:class:`ml.data.Split` or streamed :class:`ml.data.Rows`) after each epoch."""
+    """Accuracy on the validation rows (:class:`ml.data.curated.Split` or streamed :class:`ml.data.curated.Rows`) after each epoch."""
     if not len(val):
         return None
     return lambda model: float((predict(model, val.batches(), device) == val.labels).mean())
@@ -155,7 +156,7 @@ def log_model(mlflow_client: Any, exp_id: str, run_id: str, run_key: str, model:
     """Store weights + spec + ONNX as an MLflow logged model of ``run_id``; returns its id.
 
     The logged model carries the run-key tag from its creation, so that a rerun after a kill before
-    registration finds it and deletes it (:func:`ml.registry.delete_orphan_models`).
+    registration finds it and deletes it (:func:`ml.release.registry.delete_orphan_models`).
     """
     from ml.model import artifact
 
@@ -215,7 +216,7 @@ def _fit_window(lake: Lake, settings: Settings, window: Window, device: Any, dis
     """Build the model and train it on the window's train rows: (model, fit result, train rows, val rows)."""
     import torch
 
-    from ml.data import ShardReader, rows_of, shard_set
+    from ml.data.curated import ShardReader, rows_of, shard_set
     from ml.model import build_model
     from ml.training.loop import fit as run_fit
 

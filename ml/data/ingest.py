@@ -2,7 +2,7 @@
 
 A landing batch is ``landing/<batch_id>/images/<label>/<file>`` plus a ``_COMMITTED`` marker
 written last by the producer. Ingest first checks the batch itself (its name, that its root really
-is that folder, the marker; see ``INGEST_CHECKS`` in :mod:`ml.validate`), then lists its files and
+is that folder, the marker; see ``INGEST_CHECKS`` in :mod:`ml.data.validate`), then lists its files and
 reads only those that pass the listing checks (inside the batch root, a usable name, the expected
 layout, an allowed extension and size). It builds the manifest, validates it with Great
 Expectations plus the ingest checks, and writes either
@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ml import hashindex, layout
+from ml import layout
 from ml.config import Settings
+from ml.data import hashindex
+from ml.data.validate import RuleFailure, ValidationOutcome, batch_failure, render_html, validate_manifest
 from ml.errors import BatchNotFound, CtError, InfrastructureUnavailable, NothingToDo, UnsafePath, UsageError
 from ml.storage import Lake, LocalLake, clean_key
-from ml.validate import RuleFailure, ValidationOutcome, batch_failure, render_html, validate_manifest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -914,7 +915,7 @@ def manifest_hash(lake: Lake, batch_id: str) -> str:
 
 def load_images(lake: Lake, batch_id: str, root: str = layout.CURATED) -> np.ndarray:
     """All of a batch's images in manifest order (small batches and tests; training streams shards instead)."""
-    from ml.data import ShardReader
+    from ml.data.curated import ShardReader
 
     manifest = read_manifest(lake, batch_id, root)
     with ShardReader(lake) as reader:

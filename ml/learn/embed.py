@@ -22,8 +22,8 @@ def embed_and_predict(
     model: nn.Module, images: np.ndarray | Iterable[np.ndarray], device: Any, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (inputs of the head) and predicted classes, in row order, of an array or a stream of batches."""
-    from ml.data import batched
-    from ml.train import to_tensor
+    from ml.data.curated import batched
+    from ml.learn.train import to_tensor
 
     batches = batched(images, batch_size) if isinstance(images, np.ndarray) else images
     captured: list[torch.Tensor] = []

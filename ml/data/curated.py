@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ml import layout
-from ml.ingest import read_manifest
+from ml.data.ingest import read_manifest
 from ml.storage import Lake, LocalLake
 from ml.training.loader import ShardSet
 from ml.training.shards import ShardError, ShardFile, open_shard

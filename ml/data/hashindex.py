@@ -76,7 +76,7 @@ def add(lake: Lake, root: str, dataset: str, hashes: Iterable[str]) -> None:
 
 def ensure_indexed(lake: Lake) -> list[str]:
     """Index the datasets curated before the index existed (once; later calls list two prefixes and stop)."""
-    from ml.ingest import read_manifest
+    from ml.data.ingest import read_manifest
 
     have = set(lake.list_keys(SEGMENTS))
     added = []

@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ml import layout, registry
+from ml import layout
 from ml.config import Settings
-from ml.data import Rows, ShardReader, join_rows, rows_of
+from ml.data.curated import Rows, ShardReader, join_rows, rows_of
+from ml.data.window import Window, load_window
+from ml.decide.gate import metrics
 from ml.errors import CtError
-from ml.gate import metrics
+from ml.release import registry
 from ml.storage import Lake
-from ml.window import Window, load_window
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ def eval_rows(reader: ShardReader, settings: Settings, window: Window) -> Rows:
 
 def _score(settings: Settings, version: registry.VersionInfo, rows: Rows, serving: bool = False) -> dict[str, Any]:
     """Predictions (and costs) of one version on ``rows``; with ``serving``, its ONNX file checked against it."""
+    from ml.learn.train import pick_device, predict
     from ml.model import artifact
-    from ml.train import pick_device, predict
 
     device = pick_device(settings.train.device)
     with registry.downloaded(settings, version) as folder:
@@ -148,7 +149,7 @@ def cost(
     """CPU latency per batch (p50/p95 over ``repeats`` timed batches) and size: the same probe for every model."""
     import torch
 
-    from ml.train import to_tensor
+    from ml.learn.train import to_tensor
 
     model = model.to("cpu").eval()
     sample = images[:batch_size] if images is not None and len(images) else np.zeros((batch_size, 8, 8, 1), np.uint8)

@@ -5,9 +5,9 @@ Every check runs and is recorded; a single failed check means reject. The checks
 1. **No champion:** promote only if the candidate's accuracy clears ``gate.floor_accuracy``.
 2. **Superiority, as a test of what the configuration states:** H0 "the candidate is better by
    at most ``gate.margin``" against H1 "better by more". For accuracy, Tango's score test on the
-   paired rows (:func:`ml.stats.score_test`); for macro-F1, a paired bootstrap of the difference
+   paired rows (:func:`ml.decide.stats.score_test`); for macro-F1, a paired bootstrap of the difference
    (fixed seed) with the margin built in. The level is this challenge's share of the champion's
-   error budget (``α_k``, see :mod:`ml.stats`); the record keeps the statistic, the p-value and the
+   error budget (``α_k``, see :mod:`ml.decide.stats`); the record keeps the statistic, the p-value and the
    one-sided confidence bound on Δ.
 3. **The class guard:** a class with at least ``gate.min_support`` rows vetoes when its recall is
    *shown* to have dropped by more than ``gate.recall_epsilon``: a one-sided paired test per class,
@@ -19,7 +19,7 @@ Every check runs and is recorded; a single failed check means reject. The checks
    evaluation row, within :data:`ml.model.artifact.PARITY_RTOL` (checked by the evaluate step).
 
 Thresholds are compared on integer row counts against the exact decimals of the configuration
-(:func:`ml.stats.exact`), so a difference that equals a threshold never flips with the floats. The
+(:func:`ml.decide.stats.exact`), so a difference that equals a threshold never flips with the floats. The
 record also says what this evaluation could see: the smallest improvement it detects at 80% power,
 and, when a candidate is rejected as not significant, how many rows would have been needed.
 """
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ml import stats
 from ml.config import GateConfig
+from ml.decide import stats
 
 #: Explicit tolerance for the one comparison that is not on counts: macro-F1 against the margin.
 TOLERANCE = 1e-9

@@ -13,7 +13,7 @@ from typing import Any
 
 from ml import layout
 from ml.config import Settings
-from ml.ingest import curated_batches, manifest_hash, read_manifest
+from ml.data.ingest import curated_batches, manifest_hash, read_manifest
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)

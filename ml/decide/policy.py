@@ -29,8 +29,8 @@ from typing import Any
 
 from ml import layout
 from ml.config import PolicyConfig
+from ml.data.window import POLICY_STATE, Window
 from ml.storage import Lake
-from ml.window import POLICY_STATE, Window
 
 log = logging.getLogger(__name__)
 

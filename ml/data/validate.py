@@ -1,4 +1,4 @@
-"""Validate a batch with the Great Expectations suites kept in ``ml/suites/``, plus ingest's own checks.
+"""Validate a batch with the Great Expectations suites kept in ``ml/data/suites/``, plus ingest's own checks.
 
 Two suites run on one ephemeral GX context: ``manifest.json`` on the manifest (one row per file) and
 ``class_balance.json`` on the batch's label shares. Each expectation's ``meta`` names the rule, says
@@ -141,7 +141,7 @@ def check_failures(problems: pd.DataFrame) -> list[RuleFailure]:
 
 
 def load_suite_dict(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(resources.files("ml.suites").joinpath(name).read_text())
+    data: dict[str, Any] = json.loads(resources.files("ml.data.suites").joinpath(name).read_text())
     return data
 
 
@@ -181,7 +181,7 @@ def _run_suite(context: Any, suite_file: str, frame: pd.DataFrame, parameters: d
     if len(suite.expectations) != len(suite_dict["expectations"]):
         raise RuntimeError(
             f"GX suite {suite_file} lost expectations on load "
-            f"({len(suite.expectations)} of {len(suite_dict['expectations'])}); check the types in ml/suites"
+            f"({len(suite.expectations)} of {len(suite_dict['expectations'])}); check the types in ml/data/suites"
         )
     suite = context.suites.add(suite)
     name = suite_dict["name"]

@@ -2,7 +2,7 @@
 
 "Not there" is said only when MLflow answered so (``RESOURCE_DOES_NOT_EXIST``); an MLflow that
 does not answer raises :class:`~ml.errors.InfrastructureUnavailable`, never None. Moving the
-alias is :func:`set_champion`, which callers run under the promotion lease (:mod:`ml.lease`),
+alias is :func:`set_champion`, which callers run under the promotion lease (:mod:`ml.release.lease`),
 because MLflow aliases have no compare-and-set of their own.
 """
 

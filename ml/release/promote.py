@@ -4,12 +4,12 @@ Every decision has exactly one **commit point**: its record object,
 ``reports/ct_retrain/<run_key>/gate.json`` for a gate and ``reports/ct_ops/<run_key>/decision.json``
 for a rollback or forced promotion. The protocol:
 
-1. Decide (pure functions in :mod:`ml.gate`). A decision that moves nothing is committed at once.
+1. Decide (pure functions in :mod:`ml.decide.gate`). A decision that moves nothing is committed at once.
 2. A live gate against a champion, and any move, is decided under the promotion lease
-   (:mod:`ml.lease`): re-read ``@champion``; if it moved since the evaluation, score the new champion
+   (:mod:`ml.release.lease`): re-read ``@champion``; if it moved since the evaluation, score the new champion
    on the same rows and decide again (at most ``gate.max_reevaluations`` times, then fail with
    nothing recorded). A live gate then claims its share of the champion's error budget
-   (:mod:`ml.reign`) and decides at that level. A move writes the intent into the lease, checks the
+   (:mod:`ml.decide.reign`) and decides at that level. A move writes the intent into the lease, checks the
    fence, **commits the record**, checks the fence, moves the alias and starts the new reign.
 3. Finish (idempotent): ``gate.md``, the history entry (its key is derived from the record, so it is
    written once) and the tags on the version.
@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ml import gate, layout, registry, reign
+from ml import layout
 from ml.config import Settings
+from ml.decide import gate, reign
 from ml.errors import ChampionChanged, CorruptState, CtError
-from ml.evaluate import eval_key, rescore_champion
-from ml.lease import Lease, promotion_lease
+from ml.learn.evaluate import eval_key, rescore_champion
+from ml.release import registry
+from ml.release.lease import Lease, promotion_lease
 from ml.storage import Lake
 
 if TYPE_CHECKING:
@@ -196,7 +198,7 @@ def _intent(record: dict[str, Any]) -> dict[str, Any]:
 def apply_move(mlflow_client: MlflowClient, settings: Settings, record: dict[str, Any], lease: Lease) -> None:
     """Make ``@champion`` reflect a committed move: compare-and-set on the champion the record saw.
 
-    The move's last step begins the new champion's reign (a fresh error budget, :mod:`ml.reign`).
+    The move's last step begins the new champion's reign (a fresh error budget, :mod:`ml.decide.reign`).
     """
     target, expected = str(record["candidate_version"]), record["champion_version"]
     current = registry.champion_version(mlflow_client, settings.model_name)

@@ -1,0 +1,8 @@
+"""The two decisions ct makes on its own: retrain or not, promote or not.
+
+* :mod:`ml.decide.drift`: image statistics, labels and embeddings against the reference;
+* :mod:`ml.decide.policy`: whether drift, age, volume or quality calls for a retrain;
+* :mod:`ml.decide.gate`: candidate against champion on paired rows (pure functions);
+* :mod:`ml.decide.stats`: the tests the gate uses, and their power;
+* :mod:`ml.decide.reign`: alpha spent across the challenges to one champion.
+"""
