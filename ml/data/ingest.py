@@ -347,7 +347,8 @@ def _normalise(img: Any, settings: Settings) -> Any:
         elif transparent:
             rgba = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    return img.convert("L" if settings.image.channels == 1 else "RGB")
+    target = "L" if settings.image.channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)  # convert() to the same mode copies
 
 
 def _decode(data: bytes, settings: Settings, formats: frozenset[str]) -> tuple[dict[str, Any], np.ndarray]:
@@ -370,8 +371,7 @@ def _decode(data: bytes, settings: Settings, formats: frozenset[str]) -> tuple[d
         img.load()
         mode = img.mode
         bands = len(img.getbands())
-        converted = _normalise(img, settings)
-    stats, pixels = describe(converted, settings)
+        stats, pixels = describe(_normalise(img, settings), settings)  # while ``img`` is open: it may be the same image
     return {**stats, "channels": bands, "mode": mode}, pixels
 
 

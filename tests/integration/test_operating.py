@@ -50,7 +50,7 @@ class Stack:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def champion(self) -> str | None:
-        code = ("from ml import registry; from ml.config import load_settings; s = load_settings(); "
+        code = ("from ml.release import registry; from ml.config import load_settings; s = load_settings(); "
                 "c = registry.champion(registry.client(s), s.model_name); print(c.version if c else '')")  # fmt: skip
         out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, check=True)
         return out.stdout.strip().splitlines()[-1] or None
