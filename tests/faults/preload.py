@@ -9,4 +9,11 @@ import scipy.stats  # noqa: F401
 import torch  # noqa: F401
 from botocore.client import BaseClient  # noqa: F401
 
+import ml.cli
+import ml.data.ingest
+import ml.data.validate
+import ml.learn.evaluate
+import ml.learn.train
+import ml.model.artifact
+import ml.release.promote  # noqa: F401
 import tests.faults.harness  # noqa: F401
