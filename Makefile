@@ -32,13 +32,13 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ct_airflow.local demo
+	$(PY) -m ct_airflow.launcher.local demo
 
 up: $(STAMP)
-	$(PY) -m ct_airflow.local up
+	$(PY) -m ct_airflow.launcher.local up
 
 drop-batch: $(STAMP)
-	$(PY) -m ct_airflow.local drop-batch
+	$(PY) -m ct_airflow.launcher.local drop-batch
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ml plugins dags tests bench docker

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param
 
-from ct_airflow.notify import NOTIFY_ARGS, CtNotifier
-from ct_airflow.operators import OUTAGE_RETRIES, OVERRIDE_STEP, ct_step
+from ct_airflow.operators.notify import NOTIFY_ARGS, CtNotifier
+from ct_airflow.operators.step import OUTAGE_RETRIES, OVERRIDE_STEP, ct_step
 
 with DAG(
     dag_id="ct_ops",

@@ -34,11 +34,11 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from ct_airflow.approval import CtApprovalOperator
 from ct_airflow.assets import CURATED
-from ct_airflow.notify import NOTIFY_ARGS, CtNotifier
-from ct_airflow.operators import APPROVAL_TASK, OUTAGE_RETRIES, ct_step
-from ct_airflow.tasks import champion_kept, promoted
+from ct_airflow.operators.approval import CtApprovalOperator
+from ct_airflow.operators.notify import NOTIFY_ARGS, CtNotifier
+from ct_airflow.operators.step import APPROVAL_TASK, OUTAGE_RETRIES, ct_step
+from ct_airflow.operators.tasks import champion_kept, promoted
 
 with DAG(
     dag_id="ct_retrain",

@@ -25,7 +25,7 @@
 #   image history.)
 # Smoke, on a machine with Docker:
 #   docker run --rm ct-airflow:0.1.0 airflow version
-#   docker run --rm ct-airflow:0.1.0 python -c "import ml.config, ml.data.ingest, ml.release.promote, ct_airflow.operators"
+#   docker run --rm ct-airflow:0.1.0 python -c "import ml.config, ml.data.ingest, ml.release.promote, ct_airflow.operators.step"
 #   docker run --rm ct-airflow-worker:0.1.0 python -m ml --help
 #
 # Nothing secret is baked in: the database URL, Fernet key, JWT secret and S3 keys arrive as environment

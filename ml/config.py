@@ -306,7 +306,7 @@ class Settings(_Section):
         if not self.lake_uri:
             object.__setattr__(self, "lake_uri", (home / "lake").as_uri())
         if not self.mlflow_tracking_uri:
-            # The embedded profile's own PostgreSQL (ct_airflow.postgres starts it); SQLite only by choice.
+            # The embedded profile's own PostgreSQL (ct_airflow.launcher.postgres starts it); SQLite only by choice.
             object.__setattr__(self, "mlflow_tracking_uri", embedded_database_uri(home, "mlflow"))
         if not self.mlflow_artifact_uri and not self.mlflow_tracking_uri.startswith(("http://", "https://")):
             # A local store gets a local artifact root; a tracking server decides (and proxies) its own.

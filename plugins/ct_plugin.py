@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from ct_airflow.links import WEBAPP_PREFIX, MlflowModelLink, ReportLink
 from ct_airflow.ui.app import create_app
+from ct_airflow.ui.links import WEBAPP_PREFIX, MlflowModelLink, ReportLink
 
 
 class CtPlugin(AirflowPlugin):

@@ -25,8 +25,8 @@ TEST_ENV = {"CT_TRAIN__EPOCHS": "10", "CT_GATE__EVAL_RECENT_BATCHES": "3", "CT_I
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
-    from ct_airflow import postgres
-    from ct_airflow.local import embedded_env
+    from ct_airflow.launcher import postgres
+    from ct_airflow.launcher.local import embedded_env
 
     # One PostgreSQL server for the session, as in the embedded profile: Airflow's metadata database,
     # and one MLflow database per test (see ``ct_home``).
@@ -74,7 +74,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from ct_airflow import postgres
+    from ct_airflow.launcher import postgres
 
     if "airflow.settings" in sys.modules:  # close Airflow's pool now, not in an atexit hook after the server is gone
         sys.modules["airflow.settings"].dispose_orm()
@@ -88,7 +88,7 @@ MLFLOW_TEMPLATE = "mlflow_template"
 @pytest.fixture(scope="session")
 def mlflow_template() -> str:
     """A database with MLflow's schema migrated once; each test's MLflow database is a copy of it."""
-    from ct_airflow import postgres
+    from ct_airflow.launcher import postgres
     from ml.config import embedded_database_uri
 
     home = SESSION_PG_HOME
@@ -104,7 +104,7 @@ def mlflow_template() -> str:
 @pytest.fixture
 def mlflow_database(mlflow_template: str) -> Iterator[str]:
     """A fresh, migrated MLflow database on the session's PostgreSQL; yields its SQLAlchemy URI."""
-    from ct_airflow import postgres
+    from ct_airflow.launcher import postgres
     from ml.config import embedded_database_uri
 
     home = SESSION_PG_HOME

@@ -47,7 +47,7 @@ import sys, json, runpy
 sys.path[:0] = [{str(REPO / "plugins")!r}]
 for path in {[str(p) for p in sorted((REPO / "dags").glob("*.py"))]!r}:
     runpy.run_path(path)
-import ct_plugin, ct_airflow.operators, ct_airflow.triggers, ct_airflow.tasks, ct_airflow.local
+import ct_plugin, ct_airflow.operators.step, ct_airflow.triggers, ct_airflow.operators.tasks, ct_airflow.launcher.local
 print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

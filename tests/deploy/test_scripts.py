@@ -109,7 +109,7 @@ def test_airflow_init_refuses_placeholders_before_touching_anything(
 @pytest.fixture
 def postgres(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A fresh PostgreSQL server on a Unix socket (ct's embedded one): the libpq environment that reaches it."""
-    from ct_airflow import postgres as server
+    from ct_airflow.launcher import postgres as server
     from ml.config import embedded_socket_dir
 
     home = tmp_path / "pg"

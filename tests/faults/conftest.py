@@ -51,7 +51,7 @@ def _start(
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory, mlflow_template: str) -> Iterator[dict[str, Service]]:
-    from ct_airflow import postgres
+    from ct_airflow.launcher import postgres
     from ml.config import embedded_database_uri
     from tests.conftest import SESSION_PG_HOME
 

@@ -20,7 +20,7 @@ def test_two_process_ddp_registers_once_and_matches_one_process(runner: Runner, 
     single = runner.step(env, "train", "--run-key", "ddp-one")
     assert single.exitcode == 0 and single.result is not None, single.result
 
-    # The command a pod with kubernetes.gpu_count=2 runs (ct_airflow.pods.step_command), on CPUs.
+    # The command a pod with kubernetes.gpu_count=2 runs (ct_airflow.operators.pods.step_command), on CPUs.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "ml", "train", "--run-key", "ddp-two"]  # fmt: skip
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)

@@ -344,7 +344,7 @@ def test_rendered_config_builds_a_gpu_step_pod_the_chart_governs(
     NetworkPolicy govern."""
     from kubernetes.client import ApiClient
 
-    from ct_airflow.operators import ct_step
+    from ct_airflow.operators.step import ct_step
 
     objects = render(GPU_VALUES)
     config_file = tmp_path / "ct.yaml"

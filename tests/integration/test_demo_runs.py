@@ -1,7 +1,7 @@
 """``make demo``'s runs, seen the way the Airflow UI sees them after ``make up``.
 
-The demo plays each day through ``dag.test(logical_date=<that day>)`` (:func:`ct_airflow.local.run_dag_test`)
-with :func:`ct_airflow.local.task_logs_to_files` listening. Here one such run is played the same way,
+The demo plays each day through ``dag.test(logical_date=<that day>)`` (:func:`ct_airflow.launcher.local.run_dag_test`)
+with :func:`ct_airflow.launcher.local.task_logs_to_files` listening. Here one such run is played the same way,
 in a process of its own as ``make demo`` is (pytest's output capture would otherwise stand between the
 task and its log file), then read through Airflow's own REST API (the app the api-server serves,
 in-process): the run's duration is its real one, not "logical date to now", and every task's log is
@@ -25,7 +25,7 @@ PLAY_ONE_DAY = """
 import json, sys
 from datetime import datetime
 from airflow.dag_processing.dagbag import DagBag
-from ct_airflow.local import REPO, run_dag_test, task_logs_to_files
+from ct_airflow.launcher.local import REPO, run_dag_test, task_logs_to_files
 
 dag = DagBag(dag_folder=str(REPO / "dags")).dags["ct_ingest"]
 with task_logs_to_files() as listener:

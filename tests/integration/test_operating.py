@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from ct_airflow import postgres
-from ct_airflow.local import embedded_env, server_env, service_commands, start_services, stop_services
+from ct_airflow.launcher import postgres
+from ct_airflow.launcher.local import embedded_env, server_env, service_commands, start_services, stop_services
 from tests.conftest import TEST_ENV, free_port
 
 pytestmark = pytest.mark.integration
@@ -92,7 +92,7 @@ def stack() -> Iterator[Stack]:
         "CT_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
     })  # fmt: skip
     (root / "passwords.json").write_text(json.dumps({u: pw for u, (_, pw) in USERS.items()}))
-    demo = subprocess.run([sys.executable, "-m", "ct_airflow.local", "demo"], env=env, capture_output=True, text=True,
+    demo = subprocess.run([sys.executable, "-m", "ct_airflow.launcher.local", "demo"], env=env, capture_output=True, text=True,
                           timeout=900)  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     postgres.start(home)

@@ -1,6 +1,6 @@
 """The local server profile for real: continuous training with no manual trigger, the compose topology without containers.
 
-The test starts exactly what ``make up`` starts (:func:`ct_airflow.local.service_commands`): PostgreSQL
+The test starts exactly what ``make up`` starts (:func:`ct_airflow.launcher.local.service_commands`): PostgreSQL
 (Airflow's metadata and MLflow's backend store), ``mlflow server``, and Airflow's scheduler
 (LocalExecutor), dag-processor, triggerer and api-server. The lake is on S3 (moto's server mode, over
 HTTP), and the steps, subprocesses of the scheduler, reach MLflow over HTTP as they do in production.
@@ -34,8 +34,8 @@ from typing import Any
 import psutil
 import pytest
 
-from ct_airflow import postgres
-from ct_airflow.local import embedded_env, server_env, service_commands, start_services, stop_services
+from ct_airflow.launcher import postgres
+from ct_airflow.launcher.local import embedded_env, server_env, service_commands, start_services, stop_services
 from ml.config import embedded_socket_dir
 from tests.conftest import free_port
 

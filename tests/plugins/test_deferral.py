@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
 
-from ct_airflow.operators import StepFailed, StepRefused, StepUnavailable, ct_step
+from ct_airflow.operators.step import StepFailed, StepRefused, StepUnavailable, ct_step
 from tests.plugins.conftest import RUN_KEY
 
 
@@ -111,7 +111,7 @@ def finished(train, cluster, task_context):  # type: ignore[no-untyped-def]
 
 
 def test_a_normal_result_is_the_tasks_xcom_and_feeds_the_links(finished, cluster) -> None:
-    from ct_airflow.links import MlflowModelLink
+    from ct_airflow.ui.links import MlflowModelLink
 
     result = {"model_version": "7", "run_id": "abc", "run_key": RUN_KEY}
     task, pod_name, reentry = finished(0, result)

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import pytest
 
-from ct_airflow import notify
+from ct_airflow.operators import notify
 
 MESSAGE = {"event": "rollback", "reason": "ROLLBACK to v1 from v2 by alice: v2 misreads sevens",
            "text": "ct: rollback: ROLLBACK to v1 from v2 by alice: v2 misreads sevens",

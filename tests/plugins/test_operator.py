@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ct_airflow.operators import CtStepOperator, StepFailed, parse_result
+from ct_airflow.operators.step import CtStepOperator, StepFailed, parse_result
 from ct_airflow.runkey import is_backfill, run_key_from_run_id, triggering_batch_ids
 
 
@@ -90,7 +90,7 @@ def test_gate_arguments_for_backfill_runs(run_id: str, params: dict, extra: list
 def test_exit_codes_map_to_task_outcomes(code: int, result: dict, outcome: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ct_airflow.operators import failure_for
+    from ct_airflow.operators.step import failure_for
 
     failure = failure_for("drift", code, result, "")
     assert type(failure).__name__ == outcome and result["error"] in str(failure)
@@ -99,7 +99,7 @@ def test_exit_codes_map_to_task_outcomes(code: int, result: dict, outcome: str) 
 
 
 def test_an_unreachable_mlflow_fails_the_try_as_retryable(ct_home, monkeypatch) -> None:
-    from ct_airflow.operators import StepUnavailable
+    from ct_airflow.operators.step import StepUnavailable
     from tests.conftest import free_port
 
     monkeypatch.setenv("CT_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -109,7 +109,7 @@ def test_an_unreachable_mlflow_fails_the_try_as_retryable(ct_home, monkeypatch) 
 
 
 def test_refused_batch_ids_fail_without_retries(ct_home) -> None:
-    from ct_airflow.operators import StepRefused
+    from ct_airflow.operators.step import StepRefused
 
     with pytest.raises(StepRefused, match="is not a valid id"):
         CtStepOperator(task_id="ingest", step="ingest").execute(

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
 
-from ct_airflow.operators import OVERRIDE_STEP, CtStepOperator, ct_step
+from ct_airflow.operators.step import OVERRIDE_STEP, CtStepOperator, ct_step
 from tests.plugins.conftest import RUN_ID, RUN_KEY, SIDECAR_IMAGE
 
 K8S_VERSION = "1.37.0"
@@ -179,7 +179,7 @@ def test_every_ct_task_of_every_dag_follows_the_runner(
 
 
 #: What only the kubernetes runner may import: ct's pod module, the provider's operator and the Kubernetes clients.
-HEAVY_FOR_LOCAL = ["ct_airflow.pods", "airflow.providers.cncf.kubernetes.operators.pod", "kubernetes.client",
+HEAVY_FOR_LOCAL = ["ct_airflow.operators.pods", "airflow.providers.cncf.kubernetes.operators.pod", "kubernetes.client",
                    "kubernetes_asyncio"]  # fmt: skip
 
 
@@ -189,7 +189,7 @@ import sys, runpy
 sys.path[:0] = [{str(REPO / "plugins")!r}, {str(REPO)!r}]
 for path in {[str(p) for p in sorted((REPO / "dags").glob("*.py"))]!r}:
     runpy.run_path(path)
-import ct_plugin, ct_airflow.operators
+import ct_plugin, ct_airflow.operators.step
 print([m for m in {HEAVY_FOR_LOCAL!r} if m in sys.modules])
 """
     env = {**os.environ, "CT_HOME": str(tmp_path), "CT_RUNNER": "local"}

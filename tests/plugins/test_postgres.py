@@ -11,7 +11,7 @@ import psutil
 import psycopg2
 import pytest
 
-from ct_airflow import postgres
+from ct_airflow.launcher import postgres
 from ml.config import embedded_socket_dir
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ct_airflow.links import report_url
 from ct_airflow.triggers import NewLandingBatchTrigger, claim_new_batches
+from ct_airflow.ui.links import report_url
 
 
 def test_watcher_announces_each_committed_batch_once(lake, settings, write_batch) -> None:

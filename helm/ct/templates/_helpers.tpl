@@ -69,7 +69,7 @@ app.kubernetes.io/component: mlflow
 {{- end -}}
 
 {{/*
-The labels KubernetesPodOperator puts on ct's step pods (plugins/ct_airflow/operators.py sets
+The labels KubernetesPodOperator puts on ct's step pods (plugins/ct_airflow/operators/step.py sets
 app.kubernetes.io/part-of=ct and ct.step=<step>); the step pods' NetworkPolicy selects on both,
 so that no other pod in a shared namespace is affected.
 */}}

@@ -89,7 +89,7 @@ def internal_api_url() -> str:
     """Where this API server answers itself: its own host and port, under the base URL's path."""
     from airflow.configuration import conf
 
-    from ct_airflow.links import api_address
+    from ct_airflow.ui.links import api_address
 
     host, port = api_address()
     path = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")

@@ -20,9 +20,9 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from ct_airflow.links import WEBAPP_PREFIX
 from ct_airflow.runkey import run_key_from_run_id
 from ct_airflow.ui import actions, charts, render
+from ct_airflow.ui.links import WEBAPP_PREFIX
 
 log = logging.getLogger(__name__)
 SERVED_PREFIXES = ("reports/", "quarantine/", "state/decisions/")

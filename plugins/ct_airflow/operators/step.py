@@ -6,7 +6,7 @@ changes between the embedded, compose and Kubernetes profiles:
 
 * ``local``: :class:`CtStepOperator`, a subprocess of the CLI. Its stderr streams into the task log
   line by line and the JSON object on its last stdout line becomes the task's XCom.
-* ``kubernetes``: :class:`ct_airflow.pods.CtPodOperator`, a deferrable ``KubernetesPodOperator``
+* ``kubernetes``: :class:`ct_airflow.operators.pods.CtPodOperator`, a deferrable ``KubernetesPodOperator``
   task running the same command in the trainer image, with a GPU for the steps listed in
   ``kubernetes.gpu_steps``. The pod also writes its JSON line to ``/airflow/xcom/return.json``,
   which the XCom sidecar hands back. That module (and the provider, about a second to import) is
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from ct_airflow.links import MlflowModelLink, ReportLink
 from ct_airflow.runkey import is_backfill, run_key, run_time, triggering_batch_ids
+from ct_airflow.ui.links import MlflowModelLink, ReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -186,7 +186,7 @@ def override_args(context: Mapping[str, Any]) -> list[str]:
 class StepMixin:
     """What a ct task is, whichever runner runs it: its command for this run, and what its result means.
 
-    Shared by :class:`CtStepOperator` (a local subprocess) and :class:`ct_airflow.pods.CtPodOperator`.
+    Shared by :class:`CtStepOperator` (a local subprocess) and :class:`ct_airflow.operators.pods.CtPodOperator`.
     """
 
     step: str
@@ -296,7 +296,7 @@ def ct_step(*, task_id: str, step: str, step_args: Sequence[str] = (), **kwargs:
     """The task that runs ``python -m ml <step>`` with the configured runner: what DAG files call.
 
     ``runner: local`` gives a :class:`CtStepOperator`; ``runner: kubernetes`` a deferrable
-    :class:`ct_airflow.pods.CtPodOperator`, whose pod is shaped by the ``kubernetes`` section.
+    :class:`ct_airflow.operators.pods.CtPodOperator`, whose pod is shaped by the ``kubernetes`` section.
     Other keyword arguments (``retries``, ``execution_timeout``, ...) go to the operator.
     """
     from ml.config import load_settings
@@ -304,7 +304,7 @@ def ct_step(*, task_id: str, step: str, step_args: Sequence[str] = (), **kwargs:
     settings = load_settings()
     if settings.runner == "kubernetes":
         # Imported here only: the provider takes about a second to import, which no local-runner parse should pay.
-        from ct_airflow.pods import CtPodOperator
+        from ct_airflow.operators.pods import CtPodOperator
 
         return CtPodOperator(task_id=task_id, step=step, step_args=step_args, settings=settings, **kwargs)
     return CtStepOperator(task_id=task_id, step=step, step_args=step_args, **kwargs)

@@ -1,4 +1,4 @@
-"""Extra links on ct's tasks: the step's report (served by :mod:`ct_airflow.webapp`) and its MLflow model.
+"""Extra links on ct's tasks: the step's report (served by :mod:`ct_airflow.ui.app`) and its MLflow model.
 
 Airflow 3 computes a task's links on the worker when the task finishes and stores them, so the
 links read the step's result from the operator instance that just ran.

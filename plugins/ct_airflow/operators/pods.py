@@ -1,12 +1,12 @@
 """``CtPodOperator``: one ct step as a deferrable ``KubernetesPodOperator`` task (the ``kubernetes`` runner).
 
-Only :func:`ct_airflow.operators.ct_step` imports this module, and only under ``runner: kubernetes``:
+Only :func:`ct_airflow.operators.step.ct_step` imports this module, and only under ``runner: kubernetes``:
 the provider takes about a second to import, which a local-runner parse must not pay. That is why
 the provider imports below carry ``noqa: TID253`` (ruff bans them at module level in ``plugins/``).
 
 The pod runs ``python -m ml <args>`` in the trainer image (``torchrun ... -m ml train`` with one
 process per GPU when ``kubernetes.gpu_count > 1``, plus a memory-backed ``/dev/shm``), with the
-arguments the local runner would use (:class:`~ct_airflow.operators.StepMixin`). While it runs the task is deferred, so a six-hour
+arguments the local runner would use (:class:`~ct_airflow.operators.step.StepMixin`). While it runs the task is deferred, so a six-hour
 training holds no worker slot, and the triggerer copies the pod's new log lines into the task log
 every ``kubernetes.logging_interval_seconds``. If the worker dies, the next try reattaches to the
 running pod (``durable``: the pod's identity in the task state store, else a search by KPO's labels
@@ -29,8 +29,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client import models as k8s
 from kubernetes.client.exceptions import ApiException
 
-from ct_airflow.links import MlflowModelLink, ReportLink
-from ct_airflow.operators import EXIT_FAILED, StepFailed, StepMixin, check_step
+from ct_airflow.operators.step import EXIT_FAILED, StepFailed, StepMixin, check_step
+from ct_airflow.ui.links import MlflowModelLink, ReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -81,7 +81,7 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
     The pod's shape comes from the ``kubernetes`` section of ``settings`` (the configuration when the
     DAG file is parsed); the whole configuration reaches the pod as ``CT_CONFIG_JSON``.
 
-    :param step: one of :data:`ct_airflow.operators.STEPS`.
+    :param step: one of :data:`ct_airflow.operators.step.STEPS`.
     :param step_args: extra CLI arguments (templated; empty strings are dropped).
     :param settings: ct's configuration; read from the environment when not given.
     """

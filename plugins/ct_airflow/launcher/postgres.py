@@ -10,7 +10,7 @@ is fixed by ``CT_HOME`` (:func:`ml.config.embedded_socket_dir`) before the serve
 that nothing is started or stopped behind ct's back. As root (CI containers), PostgreSQL refuses to
 run, so its processes run as ``nobody``.
 
-``python -m ct_airflow.postgres start|stop|status|uri [database]`` for people; :func:`start` and
+``python -m ct_airflow.launcher.postgres start|stop|status|uri [database]`` for people; :func:`start` and
 :func:`stop` for the launcher and the tests.
 """
 
@@ -199,7 +199,7 @@ def stop(home: Path, timeout: float = START_TIMEOUT_S) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ct_airflow.local import ct_home
+    from ct_airflow.launcher.local import ct_home
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["start", "stop", "status", "uri"])

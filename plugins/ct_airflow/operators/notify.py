@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
-from ct_airflow.links import WEBAPP_PREFIX, airflow_base_url, report_url
+from ct_airflow.ui.links import WEBAPP_PREFIX, airflow_base_url, report_url
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class CtNotifier(BaseNotifier):
         if self.on == "failure":
             message = failure_message(context)
         else:
-            from ct_airflow.tasks import final_decision
+            from ct_airflow.operators.tasks import final_decision
 
             result = final_decision(ti) if ti.task_id == "promoted" else ti.xcom_pull(task_ids=ti.task_id) or {}
             message = move_message(result)

@@ -1,6 +1,6 @@
 """The embedded profile's Airflow: environment, database setup, the demo scenario and ``make up``.
 
-``python plugins/ct_airflow/local.py demo|up|env`` (the Makefile's targets call it). Everything
+``python -m ct_airflow.launcher.local demo|up|drop-batch|env`` (the Makefile's targets call it). Everything
 lives under ``CT_HOME`` (``./.ct``): ``postgres/`` (the PostgreSQL server that holds Airflow's
 metadata and MLflow's backend store, on a Unix socket), ``airflow/`` (LocalExecutor, logs),
 ``mlartifacts/`` and ``lake/``. Every server listens on 127.0.0.1 or on no port at all.
@@ -28,10 +28,10 @@ from typing import IO, Any
 
 from pluggy import HookimplMarker
 
-from ct_airflow import postgres
+from ct_airflow.launcher import postgres
 from ml.config import embedded_database_uri
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 AIRFLOW_PORT = 8080
 MLFLOW_PORT = 5000
 ADMIN = "admin"
@@ -56,7 +56,7 @@ def embedded_env(home: Path | None = None, refresh_interval: int = 5) -> dict[st
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        # The embedded PostgreSQL (ct_airflow.postgres); Airflow derives its asyncpg URI from this one.
+        # The embedded PostgreSQL (ct_airflow.launcher.postgres); Airflow derives its asyncpg URI from this one.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": embedded_database_uri(home, "airflow"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(refresh_interval),

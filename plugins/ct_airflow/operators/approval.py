@@ -22,7 +22,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ct_airflow.links import airflow_base_url, report_url
+from ct_airflow.ui.links import airflow_base_url, report_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -29,7 +29,7 @@ def fail_on_quarantine(result: dict[str, Any]) -> None:
     """Make a quarantined batch visible: the run fails with the rules that rejected it and where to look."""
     quarantined = result.get("quarantined", [])
     if quarantined:
-        from ct_airflow.links import WEBAPP_PREFIX, airflow_base_url
+        from ct_airflow.ui.links import WEBAPP_PREFIX, airflow_base_url
 
         lines = [f"{q['batch_id']}: {', '.join(q['failed_rules'])} (report: {q['report_uri']})" for q in quarantined]
         raise AirflowFailException("batch quarantined, champion untouched:\n" + "\n".join(lines)
