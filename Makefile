@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(PY) bench/validate_drift.py
 	$(PY) bench/exit_stress.py
 	$(PY) bench/gate_power.py
+	$(PY) bench/guard_frontier.py
 	$(PY) bench/drift_power.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_memory.py
