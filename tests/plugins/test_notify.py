@@ -1,20 +1,23 @@
 """Where ct's messages go: the ``ct_notify`` connection as a webhook URL or an SMTP server.
 
 The messages themselves, from real DAG runs, are in ``tests/dags/test_notifications.py``; here the
-delivery paths: a webhook address spelled either way, and an email through the SMTP provider to a
-small SMTP server on loopback.
+delivery paths: a webhook address spelled either way, a webhook on loopback that is busy, down or
+refusing, and an email through the SMTP provider to a small SMTP server on loopback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socketserver
 import threading
 from collections.abc import Iterator
 from email import message_from_string
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import ClassVar
 
+import httpx
 import pytest
 
 from ct_airflow.operators import notify
@@ -46,10 +49,61 @@ def test_an_unsupported_connection_type_is_named(monkeypatch) -> None:
 
 def test_a_message_that_cannot_be_sent_never_fails_the_task(monkeypatch, caplog) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_CT_NOTIFY", json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9/x"}))
+    monkeypatch.setattr(notify, "WEBHOOK_BACKOFF_S", (0.0, 0.0))
     notifier = notify.CtNotifier("failure")
     monkeypatch.setattr(notifier, "message", lambda context: MESSAGE)
-    notifier.notify({})
+    with caplog.at_level(logging.INFO, logger=notify.__name__):
+        notifier.notify({})
+    assert "attempt 2 of 3" in caplog.text  # nothing listens on port 9: tried three times, then given up
     assert "could not send the ct notification through ct_notify" in caplog.text
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    """Answers each POST with the next status of ``script`` (200 once it runs out), keeping the bodies."""
+
+    script: ClassVar[list[int]] = []
+    bodies: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(self.script.pop(0) if self.script else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook(monkeypatch) -> Iterator[type[_Webhook]]:
+    _Webhook.script, _Webhook.bodies = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hooks/ct"
+    monkeypatch.setenv("AIRFLOW_CONN_CT_NOTIFY", json.dumps({"conn_type": "http", "host": url}))
+    monkeypatch.setattr(notify, "WEBHOOK_BACKOFF_S", (0.0, 0.0))
+    yield _Webhook
+    server.shutdown()
+
+
+def test_a_busy_webhook_is_tried_again_until_it_takes_the_message(webhook) -> None:
+    webhook.script = [503, 429]
+    notify.send("ct_notify", MESSAGE)
+    assert len(webhook.bodies) == 3 and all(body == MESSAGE for body in webhook.bodies)
+
+
+def test_a_webhook_that_stays_down_is_given_up_after_three_attempts(webhook) -> None:
+    webhook.script = [502, 503, 500, 500]
+    with pytest.raises(httpx.HTTPStatusError, match="500"):
+        notify.send("ct_notify", MESSAGE)
+    assert len(webhook.bodies) == 3
+
+
+def test_a_webhook_that_refuses_the_message_is_not_asked_again(webhook) -> None:
+    webhook.script = [404]
+    with pytest.raises(httpx.HTTPStatusError, match="404"):
+        notify.send("ct_notify", MESSAGE)
+    assert len(webhook.bodies) == 1
 
 
 class _SmtpSink(socketserver.StreamRequestHandler):

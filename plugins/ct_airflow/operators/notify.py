@@ -11,12 +11,15 @@ message, and nothing else changes):
 * ``smtp``: an email through the SMTP provider, to the addresses in ``extra.to``.
 
 Every message carries its one-line reason and a link to the ct dashboard page that explains it.
-A message that cannot be sent is logged as a warning; it never fails or retries the task.
+A webhook that is down or busy (no connection, a timeout, 429 or 5xx) is tried again, up to
+:data:`WEBHOOK_ATTEMPTS` times in all; one that refuses the message (another 4xx) is not. A message
+that cannot be sent is logged as a warning; it never fails or retries the task.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 
 CONN_ID = "ct_notify"
 SEND_TIMEOUT_S = 10.0
+WEBHOOK_ATTEMPTS = 3
+#: Seconds to wait before the second and third attempt.
+WEBHOOK_BACKOFF_S = (1.0, 4.0)
 QUARANTINE_TASK = "fail_on_quarantine"
 #: What a moving decision is called in a message, by the kind of record that moved @champion.
 MOVE_EVENTS = {"gate": "promotion", "approval": "promotion", "rollback": "rollback", "promote": "forced promotion"}
@@ -123,11 +129,7 @@ def send(conn_id: str, message: dict[str, Any]) -> None:
         log.debug("no %s connection: not sending %s", conn_id, message["event"])
         return
     if conn.conn_type in ("http", "https"):
-        import httpx
-
-        headers = {"Authorization": f"Bearer {conn.password}"} if conn.password else {}
-        reply = httpx.post(webhook_url(conn), json=message, headers=headers, timeout=SEND_TIMEOUT_S)
-        reply.raise_for_status()
+        post_webhook(webhook_url(conn), message, conn.password)
     elif conn.conn_type in ("smtp", "email"):
         from airflow.providers.smtp.hooks.smtp import SmtpHook
 
@@ -141,6 +143,28 @@ def send(conn_id: str, message: dict[str, Any]) -> None:
     else:
         raise ValueError(f"the {conn_id} connection has type {conn.conn_type!r}; ct sends to http(s) and smtp")
     log.info("sent the ct %s notification through %s", message["event"], conn_id)
+
+
+def post_webhook(url: str, message: dict[str, Any], token: str | None = None) -> None:
+    """POST the message, trying again while the receiver is unreachable or answers 429 or 5xx."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+        try:
+            reply = httpx.post(url, json=message, headers=headers, timeout=SEND_TIMEOUT_S)
+            busy = reply.status_code == 429 or reply.status_code >= 500
+            if not busy or attempt == WEBHOOK_ATTEMPTS:
+                reply.raise_for_status()  # a 2xx returns; another 4xx is a refusal, and would be again
+                return
+            problem = f"HTTP {reply.status_code}"
+        except httpx.TransportError as exc:
+            if attempt == WEBHOOK_ATTEMPTS:
+                raise
+            problem = str(exc) or type(exc).__name__
+        log.info("the webhook did not take the ct %s notification (attempt %d of %d: %s); trying again",
+                 message["event"], attempt, WEBHOOK_ATTEMPTS, problem)  # fmt: skip
+        time.sleep(WEBHOOK_BACKOFF_S[min(attempt, len(WEBHOOK_BACKOFF_S)) - 1])
 
 
 def _escape(text: str) -> str:
