@@ -316,13 +316,13 @@ def report(
     for name, what in (("regression_hidden", "hidden by gains elsewhere (equal overall)"),
                        ("regression_masked", "masked by larger gains elsewhere (+0.4 to +2 points overall)")):  # fmt: skip
         cells = [r for r in rates if r["name"] == name] or [
-            {"promoted": _cell(results, name, n, acc)["promoted_guarded"],
+            {"n": n, "acc": acc, "promoted": _cell(results, name, n, acc)["promoted_guarded"],
              "guarded": _cell(results, name, n, acc)["guarded_gates"]} for n in SIZES for acc in CHAMPIONS]  # fmt: skip
         promoted, guarded = sum(r["promoted"] for r in cells), sum(r["guarded"] for r in cells)
         worst = max(cells, key=lambda r: r["promoted"] / max(r["guarded"], 1))
         print(f"INFO  the same regression {what}, not a target (bench/guard_frontier.py, README): promoted in "
               f"{promoted} of {guarded:,} guarded gates; at most {worst['promoted'] / max(worst['guarded'], 1):.1e} "
-              f"per gate (n={worst.get('n', '?')}, champion {worst.get('acc', '?')})")  # fmt: skip
+              f"per gate (n={worst['n']}, champion {worst['acc']})")  # fmt: skip
 
 
 if __name__ == "__main__":
