@@ -1,18 +1,22 @@
-"""How rarely can any class guard let a hidden 0.2 recall regression through at n = 1,000?
+"""How rarely do class guards let a hidden 0.2 recall regression through at n = 1,000?
 
 The issue asks for two things of the class guard at once: equal models vetoed in at most 10% of
 gates at n = 1,000, and a 0.2 recall regression on a guarded class promoted in 0 gates. Alone (the
 model otherwise equal, overall Δ = -2.2 points) the regression never passes the accuracy test, so
 both hold (``bench/gate_power.py``). Hidden by gains on the other classes (the model equal overall)
 it passes the accuracy test as often as an equal model does (about α_1 = 0.3%), and then only
-the guard stands in the way. This script measures how often it gets through every guard one could
-choose, each set to veto equal models in 9.5% of gates:
+the guard stands in the way. This script measures how often it gets through several guards, each
+set to veto equal models in at most 9.5% of gates:
 
 * ct's guard (the paired score test per class against ε, Holm) for ε from 0 to 0.1;
-* an oracle that knows both true models and vetoes on the likelihood ratio of "this class
-  regressed by 0.2" against "equal": by Neyman-Pearson the most powerful test of one class's rows
-  for this alternative (though not tuned to the gates the accuracy test lets through, so another
-  per-class rule may do a little better on the joint rate, as the table shows).
+* a guard that knows both true models and vetoes on the likelihood ratio of "this class regressed
+  by 0.2" against "equal". By Neyman-Pearson that is the most powerful test of one class's rows
+  taken alone, but it is *not* a bound on the joint rate: the gates that matter are the ones the
+  accuracy test lets through, where a class looks less regressed than it is, and there the score
+  tests do better (the table shows by how much).
+
+It shows that every guard tried leaves a rate of the order of 1e-5 to 1e-4 at this false-veto
+level, and how much the choice of test moves it.
 
 Within a class the rows are exchangeable, so a gate's evidence is four counts per class (both
 right, only the champion right, only the candidate right, both wrong), drawn from the same
@@ -83,16 +87,25 @@ def score_guard(epsilon: float, min_support: int) -> Callable[[np.ndarray, float
         unique, inverse = np.unique(flat, axis=0, return_inverse=True)
         p = np.array([_score_p(int(lo), int(ga), int(s), epsilon) for lo, ga, s in unique])[inverse.ravel()]
         p = np.where(support.ravel() >= min_support, p, np.inf).reshape(support.shape)
-        guarded = (support >= min_support).sum(-1, keepdims=True)
+        guarded = np.maximum((support >= min_support).sum(-1, keepdims=True), 1)
         return np.where(np.isfinite(p), 1 / (guarded * np.maximum(p, 1e-300)), 0.0)
 
     return score
 
 
-def oracle_guard(counts: np.ndarray, champion: float) -> np.ndarray:
+def likelihood_guard(counts: np.ndarray, champion: float) -> np.ndarray:
     """log P(counts | the class regressed by 0.2) - log P(counts | equal), knowing both models."""
     ratio = np.log(cells(champion, champion - 0.2)) - np.log(cells(champion, champion))
     return (counts * ratio).sum(-1)
+
+
+def calibrate(scores: np.ndarray, rate: float = FALSE_VETOES) -> float:
+    """The lowest threshold t with ``(scores >= t).mean() <= rate``: ties at t are vetoed too."""
+    ordered = np.sort(scores)
+    values = np.unique(ordered)
+    vetoed = len(ordered) - np.searchsorted(ordered, values, side="left")  # scores >= each value
+    allowed = values[vetoed <= rate * len(ordered)]
+    return float(allowed.min()) if allowed.size else math.inf
 
 
 def equal_gates(rng: np.random.Generator, champion: float, gates: int) -> np.ndarray:
@@ -144,7 +157,7 @@ def main() -> int:
     guards: list[tuple[str, Callable[[np.ndarray, float], np.ndarray], float | None]] = [
         (default, score_guard(cfg.recall_epsilon, cfg.min_support), 1 / cfg.guard_alpha),
         *((f"score test, epsilon={e:g}", score_guard(e, cfg.min_support), None) for e in (0.0, 0.025, 0.05, 0.1)),
-        ("oracle: likelihood ratio knowing both models", oracle_guard, None),
+        ("likelihood ratio, knowing both true models", likelihood_guard, None),
     ]
     print(f"n={N} rows, 10 classes (class c{REGRESSED} regressed by 0.2 recall, the rest gaining enough to hide it), "
           f"latent error correlation {RHO}; {args.equal_gates:,} equal and {args.gates:,} hidden-regression gates "
@@ -154,10 +167,10 @@ def main() -> int:
     best = math.inf
     for name, guard, threshold in guards:
         scores = {acc: guard(equal[acc], acc).max(-1) for acc in CHAMPIONS}
-        if threshold is None:  # the strictest threshold that keeps false vetoes at 9.5% for both champions
-            threshold = max(float(np.quantile(scores[acc], 1 - FALSE_VETOES)) for acc in CHAMPIONS)
-        if guard is oracle_guard:  # the oracle may even set its threshold per champion
-            thresholds = {acc: float(np.quantile(scores[acc], 1 - FALSE_VETOES)) for acc in CHAMPIONS}
+        if threshold is None:  # the lowest threshold that keeps false vetoes at 9.5% for both champions
+            threshold = max(calibrate(scores[acc]) for acc in CHAMPIONS)
+        if guard is likelihood_guard:  # knowing the models, it may even set its threshold per champion
+            thresholds = {acc: calibrate(scores[acc]) for acc in CHAMPIONS}
         else:
             thresholds = dict.fromkeys(CHAMPIONS, threshold)
         vetoed = [float((scores[acc] >= thresholds[acc]).mean()) for acc in CHAMPIONS]
@@ -165,8 +178,8 @@ def main() -> int:
         if name != default:
             best = min(best, max(promoted))
         print(f"| {name} | {vetoed[0]:.1%} / {vetoed[1]:.1%} | {promoted[0]:.1e} / {promoted[1]:.1e} |")
-    print(f"\nAt 9.5% false vetoes, the best guard above still lets a hidden regression through in {best:.1e} of "
-          "gates for one of the champions: 0 in a sample of a few thousand gates is luck, not a property of the "
+    print(f"\nAt most 9.5% false vetoes, the best of these guards still lets a hidden regression through in {best:.1e} "
+          "of gates for one of the champions: 0 in a sample of a few thousand gates is luck, not a property of the "
           "gate.")  # fmt: skip
     return 0
 
