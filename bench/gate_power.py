@@ -14,8 +14,8 @@ A 0.2 recall regression on one guarded class is then run over ``--regression-gat
 cell (100,000 by default; n = 1,000 and 5,000, where the class has at least ``min_support`` rows),
 in three forms: alone (the model otherwise equal, as the issue's simulation states it; the
 target), hidden (the other classes gain just enough to make the model equal overall) and masked
-(they gain 2 points more). The last two are reported as rates: no class guard that keeps the
-false-veto target can make them zero (``bench/guard_frontier.py`` shows by how much).
+(they gain 2 points more). The last two are reported as rates: none of the class guards tried in
+``bench/guard_frontier.py`` makes them zero while it keeps the false-veto target.
 
 Run: ``.venv/bin/python bench/gate_power.py`` (about six minutes on 2 cores; ``--quick`` for a
 smaller run that is only indicative).
