@@ -229,6 +229,12 @@ def class_guard(
     guarded = [r for r in rows if r["guarded"]]
     for row, shown in zip(guarded, stats.holm([r["p_value"] for r in guarded], cfg.guard_alpha), strict=True):
         row["vetoes"] = shown
+    # What the guard could see: Holm's first step compares the smallest p-value with guard_alpha / K,
+    # so a class that drops alone is caught with 80% power from this drop up.
+    first_step = cfg.guard_alpha / max(len(guarded), 1)
+    for row in guarded:
+        discordance = max(row["lost_rows"] + row["gained_rows"], 1) / row["support"]
+        row["detectable_drop"] = stats.detectable(row["support"], discordance, cfg.recall_epsilon, first_step)
     return {
         "test": "paired_score_test_per_class_holm",
         "hypothesis": f"per class, H0: recall drop <= {cfg.recall_epsilon:g}",
@@ -238,8 +244,25 @@ def class_guard(
         "max_unguarded_drop": cfg.max_unguarded_drop,
         "classes": rows,
         "unguarded": [r["label"] for r in rows if not r["guarded"]],
+        "sentence": guard_sentence(guarded, cfg),
         "passed": not any(r["vetoes"] for r in rows),
     }
+
+
+def guard_sentence(guarded: list[dict[str, Any]], cfg: GateConfig) -> str:
+    """The class guard's blind spot, in words: the drop it could miss on its weakest guarded class."""
+    if not guarded:
+        return (f"no class has {cfg.min_support} evaluation rows, so no class is guarded: a frozen golden set "
+                "(gate.golden_set) with that many rows per class would guard them")  # fmt: skip
+    weakest = max(guarded, key=lambda r: (r["detectable_drop"] is None, r["detectable_drop"] or 0.0))
+    if weakest["detectable_drop"] is None:
+        return (f"on class {weakest['label']} ({weakest['support']} rows) no recall drop can be told from noise; "
+                "a golden set with more rows per class would")  # fmt: skip
+    return (
+        f"on its weakest guarded class ({weakest['label']}, {weakest['support']} rows) the class guard misses "
+        f"recall drops below {weakest['detectable_drop']:.2f} more than 1 time in 5 (80% power at Holm's first "
+        f"step, {cfg.guard_alpha / len(guarded):.2g})"
+    )
 
 
 def _guard_reasons(guard: dict[str, Any]) -> list[str]:

@@ -140,6 +140,9 @@ def render_markdown(record: dict[str, Any]) -> str:
         if power.get("advice"):
             lines += ["", f"**Not significant:** {power['advice']}."]
         lines.append("")
+    guard = (record.get("checks") or {}).get("non_inferiority") or {}
+    if guard.get("sentence"):
+        lines += [f"**What the class guard could see:** {guard['sentence']}.", ""]
     spending = record.get("spending")
     if spending:
         lines += [
@@ -151,18 +154,18 @@ def render_markdown(record: dict[str, Any]) -> str:
     lines += ["| check | passed | detail |", "|---|---|---|"]
     for name, check in record.get("checks", {}).items():
         detail = ", ".join(f"{k} {_num(v)}" for k, v in check.items()
-                           if k not in ("passed", "classes", "unguarded") and not isinstance(v, dict | list))  # fmt: skip
+                           if k not in ("passed", "classes", "unguarded", "sentence") and not isinstance(v, dict | list))  # fmt: skip
         lines.append(f"| {name} | {_num(check.get('passed'))} | {detail} |")
     classes = record.get("checks", {}).get("non_inferiority", {}).get("classes")
     if classes:
-        lines += ["", "| class | support | champion recall | candidate recall | drop | guarded | p-value | vetoes |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| class | support | champion recall | candidate recall | drop | guarded | drop seen from "
+                  "(80% power) | p-value | vetoes |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in classes:
             guarded = "yes" if row["guarded"] else row.get("note", "no")
             lines.append(
                 f"| {row['label']} | {row['support']} | {_num(row['champion_recall'])} | "
-                f"{_num(row['candidate_recall'])} | {_num(row['drop'])} | {guarded} | {_num(row['p_value'])} | "
-                f"{_num(row['vetoes'])} |"
+                f"{_num(row['candidate_recall'])} | {_num(row['drop'])} | {guarded} | "
+                f"{_num(row.get('detectable_drop'))} | {_num(row['p_value'])} | {_num(row['vetoes'])} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -165,6 +165,27 @@ def test_a_small_class_is_listed_as_not_guarded_and_can_be_limited() -> None:
     assert limited.reasons == ["class c (not guarded: 8 rows) dropped 0.500 > max_unguarded_drop 0.25"]
 
 
+def test_the_guard_says_which_drops_it_could_miss_and_more_rows_see_smaller_ones() -> None:
+    # Classes a, b, c with 50, 100 and 400 rows; both models miss every 10th row alike.
+    y = np.concatenate([np.full(50, 0), np.full(100, 1), np.full(400, 2)])
+    both_wrong = np.arange(0, len(y), 10)
+    champion = with_errors(y, both_wrong)
+    candidate = with_errors(y, np.concatenate([both_wrong, [1, 2, 55, 56, 160, 161, 162, 163]]))
+    cfg = GateConfig()
+    guard = decide(y, candidate, champion, LABELS, cfg).checks["non_inferiority"]
+    seen = {row["label"]: row["detectable_drop"] for row in guard["classes"]}
+    assert seen["a"] > seen["b"] > seen["c"] > cfg.recall_epsilon
+    first_step = cfg.guard_alpha / 3
+    assert seen["b"] == stats.detectable(100, 2 / 100, cfg.recall_epsilon, first_step)
+    assert guard["sentence"] == (
+        f"on its weakest guarded class (a, 50 rows) the class guard misses recall drops below {seen['a']:.2f} "
+        f"more than 1 time in 5 (80% power at Holm's first step, {first_step:.2g})"
+    )
+    blind = decide(y, candidate, champion, LABELS, GateConfig(min_support=500)).checks["non_inferiority"]
+    assert all("detectable_drop" not in row for row in blind["classes"])
+    assert blind["sentence"].startswith("no class has 500 evaluation rows, so no class is guarded: a frozen golden set")
+
+
 def test_golden_rows_are_counted_per_class() -> None:
     y = make()
     champion, candidate = with_errors(y, np.arange(0, 300, 5)), with_errors(y, np.arange(0, 300, 50))

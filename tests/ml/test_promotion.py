@@ -193,3 +193,4 @@ def test_live_challenges_spend_the_reign_budget_and_a_move_starts_a_new_one(
     assert reign["started_by"] == layout.report(layout.OPS_DAG, "ops-9", "decision.json")
     report = (load_settings().home / "lake" / layout.report(layout.RETRAIN_DAG, "r2", "gate.md")).read_text()
     assert "**What this evaluation could see:** with" in report and "**Error budget:** challenge 1 of v1" in report
+    assert "**What the class guard could see:** " in report

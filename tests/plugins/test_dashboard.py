@@ -125,7 +125,9 @@ def test_the_pages_tell_the_story_of_promote_reject_rollback_and_quarantine(
     assert [row[0] for row in classes[1:]] == [str(i) for i in range(10)]
     assert all(re.fullmatch(r"-|-?\d(\.\d{1,3})?", cell) for row in classes[1:] for cell in row[2:5]), classes
     assert all(row[5] == "guarded" or re.fullmatch(r"not guarded: \d+ rows", row[5]) for row in classes[1:]), classes
+    assert all((row[5] == "guarded") == bool(re.fullmatch(r"0\.\d{1,3}|1", row[6])) for row in classes[1:]), classes
     assert 'id="power"' in detail.text and "paired rows" in detail.text
+    assert 'id="guard-power">What the class guard could see: ' in detail.text
     for target in ("/ct/report/reports/ct_retrain/r2/eval.json", "/ct/lake/reports/ct_retrain/r2/drift.html",
                    "/#/models/ct-classifier/versions/2", "/#/models/ct-classifier/versions/1"):  # fmt: skip
         assert target in detail.text, target
