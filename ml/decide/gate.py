@@ -244,13 +244,14 @@ def class_guard(
         "max_unguarded_drop": cfg.max_unguarded_drop,
         "classes": rows,
         "unguarded": [r["label"] for r in rows if not r["guarded"]],
-        "sentence": guard_sentence(guarded, cfg),
+        "sentence": guard_sentence(guarded, cfg, first_step),
         "passed": not any(r["vetoes"] for r in rows),
     }
 
 
-def guard_sentence(guarded: list[dict[str, Any]], cfg: GateConfig) -> str:
-    """The class guard's blind spot, in words: the drop it could miss on its weakest guarded class."""
+def guard_sentence(guarded: list[dict[str, Any]], cfg: GateConfig, first_step: float) -> str:
+    """The class guard's blind spot, in words: the drop it could miss on its weakest guarded class
+    (``first_step``: the level of Holm's first step, ``guard_alpha / K``)."""
     if not guarded:
         return (f"no class has {cfg.min_support} evaluation rows, so no class is guarded: a frozen golden set "
                 "(gate.golden_set) with that many rows per class would guard them")  # fmt: skip
@@ -261,7 +262,7 @@ def guard_sentence(guarded: list[dict[str, Any]], cfg: GateConfig) -> str:
     return (
         f"on its weakest guarded class ({weakest['label']}, {weakest['support']} rows) the class guard misses "
         f"recall drops below {weakest['detectable_drop']:.2f} more than 1 time in 5 (80% power at Holm's first "
-        f"step, {cfg.guard_alpha / len(guarded):.2g})"
+        f"step, {first_step:.2g})"
     )
 
 

@@ -184,6 +184,13 @@ def test_the_guard_says_which_drops_it_could_miss_and_more_rows_see_smaller_ones
     blind = decide(y, candidate, champion, LABELS, GateConfig(min_support=500)).checks["non_inferiority"]
     assert all("detectable_drop" not in row for row in blind["classes"])
     assert blind["sentence"].startswith("no class has 500 evaluation rows, so no class is guarded: a frozen golden set")
+    # Two rows at a level of 1e-4: not even a class losing all its recall would be found 4 times in 5.
+    tiny = np.array([0, 0, 1, 1, 2, 2])
+    hopeless = decide(tiny, tiny, tiny, LABELS, GateConfig(min_support=2, guard_alpha=1e-4)).checks["non_inferiority"]
+    assert [row["detectable_drop"] for row in hopeless["classes"]] == [None, None, None]
+    assert hopeless["sentence"] == (
+        "on class a (2 rows) no recall drop can be told from noise; a golden set with more rows per class would"
+    )
 
 
 def test_golden_rows_are_counted_per_class() -> None:
