@@ -50,7 +50,7 @@ typecheck: $(STAMP)
 # Two workers: the server-profile stack (with its 30-day backfill), the fault sweeps and the rest run side by
 # side; each group that shares a costly setup stays on one worker (tests/conftest.py, XDIST_GROUPS).
 test: $(STAMP) lint typecheck browser
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=12
 
 # The browser test (tests/integration/test_operating.py) drives Debian's chromium. Installed here when it is
 # missing and can be (root, or passwordless sudo, with apt-get); otherwise that test skips and says why.

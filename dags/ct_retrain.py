@@ -2,8 +2,14 @@
 ### ct_retrain: drift, retrain decision, train, evaluate, gate
 
 **Starts** daily at 03:00 UTC, whenever `ct_ingest` curates a batch (`ct_curated_batches`), or
-by hand. Params: `force_retrain` retrains whatever the policy says; `allow_backfill_promote` lets a
-backfill run move the champion (by default backfills evaluate and record but never promote).
+by hand. Params: `force_retrain` retrains whatever the policy says.
+
+**A run sees the world as of its logical date**: the batches available then, the champion then and
+the policy memory then. A **backfill** run is a replay: it trains and judges a candidate as live ct
+would have on that day and records "would promote" or "would reject", but never moves `@champion`,
+spends no error budget and writes no live policy memory. Its conf may carry `settings` (the
+`policy`, `gate`, `drift` or `train` sections, validated like `ct.yaml`) to ask "what would ct have
+decided under these settings?"; ct → Backfill shows each replay beside what live ct decided.
 
 | task | what it does | where it writes |
 |---|---|---|
@@ -50,7 +56,12 @@ with DAG(
     tags=["ct"],
     params={
         "force_retrain": Param(False, type="boolean", description="Retrain even if the policy says skip"),
-        "allow_backfill_promote": Param(False, type="boolean", description="Let a backfill run promote"),
+        "settings": Param(
+            {},
+            type="object",
+            description="Backfill runs only: settings overrides for a replay, e.g. "
+            '{"gate": {"margin": 0.01}} (sections policy, gate, drift, train; validated like ct.yaml)',
+        ),
     },
     # Retries cover outages (a step that cannot reach MLflow or S3 decides nothing and exits 75).
     default_args={**OUTAGE_RETRIES, **NOTIFY_ARGS},  # a task that fails for good sends a message (ct_notify)
@@ -59,7 +70,7 @@ with DAG(
     decide = ct_step(task_id="decide", step="decide", step_args=["{{ '--force' if params.force_retrain else '' }}"])
     train = ct_step(task_id="train", step="train", retries=2, execution_timeout=timedelta(hours=6))
     evaluate = ct_step(task_id="evaluate", step="evaluate")
-    # Backfill runs pass --backfill (and --allow-backfill-promote when the param is set) to the gate.
+    # A backfill run's gate records what it would have decided; it never moves @champion.
     gate = ct_step(task_id="gate", step="gate")
     # With gate.require_approval, a promote waits here for an approver (awaiting input, no worker held).
     approval = CtApprovalOperator(task_id=APPROVAL_TASK, retries=0)

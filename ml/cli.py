@@ -17,10 +17,11 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ml.config import Settings, load_settings
+from ml.config import REPLAY_SECTIONS, Settings, apply_overrides, load_settings
 from ml.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -49,6 +50,26 @@ def _checked_id(value: str) -> str:
     return value
 
 
+def _when(value: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time") from exc
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no time zone; add +00:00 (or Z) for UTC")
+    return when
+
+
+def _overrides(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value) if value.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--settings is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"--settings must be a JSON object, got {value!r}")
+    return parsed
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a refused command line raises :class:`UsageError` (a JSON line, exit 2), never exits."""
 
@@ -62,14 +83,8 @@ def step_ingest(args: argparse.Namespace, settings: Settings, lake: Lake) -> dic
     return ingest_many(lake, args.batch_id, settings)
 
 
-def _champion_and_reference(settings: Settings, lake: Lake) -> tuple[str | None, list[str]]:
-    from ml.data.window import trained_batches
-    from ml.release import registry
-
-    champion = registry.champion(registry.client(settings), settings.model_name)
-    if champion is None:
-        return None, []
-    return champion.version, trained_batches(lake, champion.tags.get(registry.WINDOW_TAG))
+def _run_time(args: argparse.Namespace) -> float | None:
+    return args.as_of.timestamp() if getattr(args, "as_of", None) else None
 
 
 def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
@@ -77,8 +92,11 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
     from ml.decide.drift import detect_drift
     from ml.release import registry
     from ml.release.promote import ACCURACY_TAG
+    from ml.release.world import live_world, world_at
 
-    window = plan_window(lake, settings, args.run_key, lambda: _champion_and_reference(settings, lake))
+    as_of = _run_time(args) or time.time()
+    world = partial(world_at, settings, lake, as_of) if args.replay else partial(live_world, settings, lake)
+    window = plan_window(lake, settings, args.run_key, world, as_of=as_of, replay=args.replay)
     champion_model, recorded = None, None
     if window.champion_version is not None and window.new_batches:
         mlflow_client = registry.client(settings)
@@ -88,6 +106,8 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
     verdict = detect_drift(lake, settings, window, champion_model, recorded)
     return {
         "run_key": args.run_key,
+        "as_of": window.to_dict()["as_of_iso"],
+        "backfill": window.backfill,
         "champion_version": window.champion_version,
         "new_batches": window.new_batches,
         "new_images": window.new_images,
@@ -106,22 +126,26 @@ def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dic
     from ml import layout
     from ml.data.window import load_window
     from ml.decide import policy
-    from ml.release import registry
+    from ml.release.world import champion_age_days
 
     recorded = policy.recorded_decision(lake, args.run_key)
     if recorded is None:
         window = load_window(lake, args.run_key)
         drift = lake.read_json_or(layout.report(layout.RETRAIN_DAG, args.run_key, "drift.json"), {})
-        as_of = args.as_of.timestamp() if args.as_of else time.time()
+        as_of = window.as_of if window.as_of is not None else time.time()
         age_days = None
         if window.champion_version is not None and settings.policy.max_model_age_days is not None:
-            mv = registry.client(settings).get_model_version(settings.model_name, window.champion_version)
-            age_days = (as_of - mv.creation_timestamp / 1000) / 86400
-        state = policy.load_state(lake)
+            age_days = champion_age_days(settings, window.champion_version, as_of)
+        if window.backfill:
+            state, _ = policy.state_at(lake, as_of)  # the memory of the run's time, never today's
+            policy.describe_replay(lake, window, args.settings_overrides, args.force)
+        else:
+            state = policy.load_state(lake)
         decision, new_state = policy.decide(window, drift, settings.policy, state, as_of, age_days, force=args.force)
-        recorded = policy.record_decision(lake, window, decision, state, new_state, as_of, backfill=args.backfill)
+        recorded = policy.record_decision(lake, window, decision, state, new_state, as_of, backfill=window.backfill)
     else:
         policy.apply_state(lake, recorded)  # finish what a killed attempt committed but did not apply
+        policy.log_run(lake, recorded)
     log.info("decide %s: %s", args.run_key, recorded["summary"])
     if not recorded["retrain"]:
         return {"skip": recorded["summary"], **recorded}
@@ -143,9 +167,7 @@ def step_evaluate(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
 def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
     from ml.release.promote import PENDING, approval_markdown, headline, run_gate
 
-    record = run_gate(
-        lake, settings, args.run_key, backfill=args.backfill, allow_backfill_promote=args.allow_backfill_promote
-    )
+    record = run_gate(lake, settings, args.run_key)
     keep = (
         "run_key",
         "decision",
@@ -157,6 +179,8 @@ def step_gate(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[
         "gate_md_uri",
         "already_done",
         "backfill",
+        "as_of",
+        "replay",
         "superseded_champions",
         "history_key",  # the decision's page in the dashboard: /ct/decision/<its name>
         "spending",
@@ -178,7 +202,8 @@ def step_override(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
 
     run_key = args.run_key or f"cli-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
     version = args.to if args.step == "rollback" else args.version
-    record = run_override(lake, settings, args.step, str(version), args.reason, run_key, actor=args.actor)
+    record = run_override(lake, settings, args.step, str(version), args.reason, run_key, actor=args.actor,
+                          as_of=_run_time(args))  # fmt: skip
     return {**record, "headline": headline(record)}
 
 
@@ -226,13 +251,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                        ("gate", "decide promotion and move @champion with compare-and-set")]:  # fmt: skip
         step = sub.add_parser(name, help=text)
         step.add_argument("--run-key", required=True, type=_checked_id)
+        step.add_argument("--settings", dest="settings_overrides", type=_overrides, default={},
+                          help="a backfill's settings overrides as JSON, e.g. '{\"gate\": {\"margin\": 0.01}}' "
+                          f"(sections: {', '.join(REPLAY_SECTIONS)}); validated like ct.yaml")  # fmt: skip
+        if name == "drift":
+            step.add_argument("--as-of", type=_when, help="the time the run stands for (ISO 8601 with a zone); "
+                              "it sees only the data available then. Default: now")  # fmt: skip
+            step.add_argument("--replay", type=_checked_id, help="a backfill run, and its replay's id: the world as "
+                              "of --as-of from the history; never moves @champion, spends no alpha, keeps no memory")  # fmt: skip
         if name == "decide":
             step.add_argument("--force", action="store_true", help="retrain whatever the policy says")
-            step.add_argument("--as-of", type=datetime.fromisoformat, help="the run's time (ISO 8601); default now")
-            step.add_argument("--backfill", action="store_true", help="a backfill run: never write live policy memory")
-        if name == "gate":
-            step.add_argument("--backfill", action="store_true", help="a backfill run: record, do not promote")
-            step.add_argument("--allow-backfill-promote", action="store_true", help="let this backfill run promote")
     for name, target, text in [("rollback", "--to", "point @champion back at an earlier version"),
                                ("promote", "--version", "force @champion onto a version, bypassing the gate")]:  # fmt: skip
         step = sub.add_parser(name, help=text)
@@ -240,6 +268,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         step.add_argument("--reason", required=True, help="why; recorded in the decision history")
         step.add_argument("--run-key", type=_checked_id, help="idempotency key (default: a timestamp)")
         step.add_argument("--actor", default=os.environ.get("USER", "cli"), help="who asked, for the record")
+        step.add_argument("--as-of", type=_when, help="when it takes effect in ct's history (ISO 8601); default now")
     approval = sub.add_parser("approval", help="settle a gate decision that waits for an approver")
     approval.add_argument("--run-key", required=True, type=_checked_id)
     approval.add_argument("--answer", required=True, choices=["approve", "reject", "expired"])
@@ -275,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         step = args.step
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-        settings = load_settings()
+        # A backfill's overrides apply to every step of its run, validated like ct.yaml (exit 2 if not valid).
+        settings = apply_overrides(load_settings(), getattr(args, "settings_overrides", None))
         lake = Lake.from_uri(settings.lake_uri)
         result = STEPS[args.step](args, settings, lake)
     except CtError as exc:

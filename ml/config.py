@@ -240,6 +240,13 @@ class GateConfig(_Section):
     )
 
 
+class HistoryConfig(_Section):
+    batch_time: Literal["event", "ingested"] = Field(
+        "event", description="When a curated batch counts as available to a run: `event` is the time its producer "
+        "stated in _COMMITTED (else when ct curated it), `ingested` is always when ct curated it",
+    )  # fmt: skip
+
+
 class KubernetesConfig(_Section):
     namespace: str = "ct"
     image: str = "ct-trainer:latest"
@@ -296,6 +303,7 @@ class Settings(_Section):
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
+    history: HistoryConfig = HistoryConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
 
     @model_validator(mode="after")
@@ -397,3 +405,47 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid ct configuration:\n{exc}") from exc
+
+
+#: The sections a replay (a backfill run's ``{"settings": {...}}``) may change: how ct decides and trains,
+#: never where things live or how they are stored.
+REPLAY_SECTIONS = ("policy", "gate", "drift", "train")
+#: What a decision depends on besides the data: the replay's fingerprint covers these.
+DECISION_SECTIONS = (*REPLAY_SECTIONS, "image", "labels", "history")
+
+
+def apply_overrides(settings: Settings, overrides: Mapping[str, Any] | None) -> Settings:
+    """``settings`` with a replay's ``overrides`` merged in, validated like ``ct.yaml``.
+
+    Only :data:`REPLAY_SECTIONS` may be changed; anything else, or a bad value, raises
+    :class:`ConfigError` with the field's name.
+    """
+    if not overrides:
+        return settings
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            f"settings overrides must be a mapping like {{'gate': {{'margin': 0.01}}}}, got {overrides!r}"
+        )
+    unknown = sorted(set(overrides) - set(REPLAY_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"settings overrides may change only {', '.join(REPLAY_SECTIONS)}; not {', '.join(map(repr, unknown))}"
+        )
+    for section, values in overrides.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"settings overrides: {section} must be a mapping of its fields, got {values!r}")
+    try:
+        return Settings.model_validate(_deep_merge(settings.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings override:\n{exc}") from exc
+
+
+def decision_digest(settings: Settings, force_retrain: bool = False) -> str:
+    """A short, stable digest of everything a retrain decision depends on besides the data.
+
+    Two backfill runs of one date with the same digest would decide the same; a new digest (another
+    override, ``force_retrain``, a changed ``ct.yaml``) is a new replay, recorded beside the earlier one.
+    """
+    dumped = settings.model_dump(mode="json", include=set(DECISION_SECTIONS))
+    payload = json.dumps({"settings": dumped, "force_retrain": bool(force_retrain)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]

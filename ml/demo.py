@@ -7,6 +7,7 @@ decode and an unknown label) and a drifted batch (a new, noisier and brighter ca
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
 
@@ -59,24 +60,31 @@ def drift(images: np.ndarray, seed: int = 0, brightness: float = 60.0, noise: fl
 
 
 def write_batch(lake: Lake, batch_id: str, images: np.ndarray, labels: list[str] | np.ndarray,
-                extra_files: dict[str, bytes] | None = None, commit: bool = True) -> int:  # fmt: skip
-    """Write a landing batch the way a producer should: every file first, the commit marker last."""
+                extra_files: dict[str, bytes] | None = None, commit: bool = True,
+                event_time: str | None = None) -> int:  # fmt: skip
+    """Write a landing batch the way a producer should: every file first, the commit marker last.
+
+    ``event_time`` (ISO 8601) is stated in the marker: when the data belongs, for a history landed at once.
+    """
     root = layout.landing(batch_id)
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         lake.write_bytes(layout.join(root, "images", str(label), f"{i:05d}.png"), png_bytes(image))
     for relpath, data in (extra_files or {}).items():
         lake.write_bytes(layout.join(root, relpath), data)
     if commit:
-        lake.write_bytes(layout.commit_marker(batch_id), b"")
+        marker = json.dumps({"event_time": event_time}).encode() if event_time else b""
+        lake.write_bytes(layout.commit_marker(batch_id), marker)
     return len(images) + len(extra_files or {})
 
 
 def write_demo_batch(lake: Lake, batch: DemoBatch) -> int:
+    """Land a day of the scenario, dated that day (its event time), so a backfill replays the days as they were."""
     images, labels = digits()
+    when = f"{batch.batch_id}T00:00:00Z"
     start = sum(SIZES[b.kind] for b in SCENARIO[: SCENARIO.index(batch)] if b.kind in SIZES)
     if batch.kind in ("bootstrap", "clean"):
         chunk = slice(start, start + SIZES[batch.kind])
-        return write_batch(lake, batch.batch_id, images[chunk], labels[chunk])
+        return write_batch(lake, batch.batch_id, images[chunk], labels[chunk], event_time=when)
     if batch.kind == "corrupted":
         chunk = slice(start, start + SIZES["corrupted"])
         extra = {
@@ -86,6 +94,6 @@ def write_demo_batch(lake: Lake, batch: DemoBatch) -> int:
             "images/x/00000.png": png_bytes(images[0]),
             "images/x/00001.png": png_bytes(images[1]),
         }
-        return write_batch(lake, batch.batch_id, images[chunk], labels[chunk], extra)
+        return write_batch(lake, batch.batch_id, images[chunk], labels[chunk], extra, event_time=when)
     chunk = slice(start, None)
-    return write_batch(lake, batch.batch_id, drift(images[chunk]), labels[chunk])
+    return write_batch(lake, batch.batch_id, drift(images[chunk]), labels[chunk], event_time=when)

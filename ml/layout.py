@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from ml.storage import join
 
@@ -48,6 +49,11 @@ def manifest(batch_id: str, root: str = CURATED) -> str:
     return join(root, batch_id, "manifest.parquet")
 
 
+def batch_record(batch_id: str, root: str = CURATED) -> str:
+    """When a curated batch became available: ct's curation time and its producer's event time (:mod:`ml.data.availability`)."""
+    return join(root, batch_id, "batch.json")
+
+
 def shards(batch_id: str, root: str = CURATED) -> str:
     """The folder of a curated batch's training-ready shards (:mod:`ml.training.shards`)."""
     return join(root, batch_id, "shards")
@@ -88,3 +94,14 @@ def checkpoint(run_key: str) -> str:
 
 def state(name: str) -> str:
     return join(STATE, name)
+
+
+#: ``state/runs/``: one record per retrain decision, live or replayed, named by the time the run stands for.
+RUNS = "runs"
+#: ``state/replays/``: what each replay (a backfill's settings and force) was, by its id.
+REPLAYS = "replays"
+
+
+def time_stamp(epoch: float) -> str:
+    """A sortable UTC stamp with microseconds, ``20260103T030000.000000``: keys named by it list in time order."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(epoch)) + f".{round(epoch * 1e6) % 1_000_000:06d}"

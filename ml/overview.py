@@ -8,7 +8,8 @@ values; :mod:`ct_airflow.ui` turns them into pages. Nothing here writes.
 * :func:`decision`: one decision's full record, with its report links;
 * :func:`champion_card`: the version behind ``@champion`` as ct last moved it, and why;
 * :func:`drift_series`: each drift feature's score and threshold, run by run;
-* :func:`data_status`: landing batches waiting, curated batches, quarantined batches and their fixes.
+* :func:`data_status`: landing batches waiting, curated batches, quarantined batches and their fixes;
+* :func:`replay_view`: every backfill replay day by day, beside what live ct decided.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from ml import layout
 from ml.errors import CorruptState
-from ml.release.promote import MOVES, RECORD_NAMES, decision_id
+from ml.release.history import MOVES, decision_id
+from ml.release.promote import RECORD_NAMES
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,7 @@ def timeline_entry(record: dict[str, Any]) -> dict[str, Any]:
 def timeline(
     records: list[dict[str, Any]], decision: str | None = None, backfill: bool | None = None
 ) -> list[dict[str, Any]]:
-    """The history's ``records`` (:func:`ml.release.promote.read_history`) newest first, filtered by decision
+    """The history's ``records`` (:func:`ml.release.history.read_history`) newest first, filtered by decision
     and by live (``backfill=False``) or backfill runs."""
     entries = [timeline_entry(r) for r in reversed(records)]
     if decision:
@@ -222,3 +225,77 @@ def _manifest_rows(lake: Lake, batch_id: str) -> int | None:
     except (OSError, ValueError) as exc:
         log.warning("cannot count the rows of %s: %s", lake.uri(layout.manifest(batch_id)), exc)
         return None
+
+
+#: How many of the newest retrain decisions (live and replayed) the backfill view reads.
+REPLAY_RUNS = 400
+#: A live outcome and a replayed one that mean the same decision.
+_SAME = {"would-promote": "promote", "would-reject": "reject", "pending": "promote", "expired": "reject"}
+
+
+def _outcome(run: dict[str, Any], gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What one retrain run decided, in a line: skip (and why), or the gate's (or its approval's) decision."""
+    gate_record = gates.get(run["run_key"])
+    summary = str(run.get("summary") or "")
+    entry: dict[str, Any] = {
+        "run_key": run["run_key"], "as_of": run.get("as_of"), "retrain": bool(run.get("retrain")),
+        "reason": summary.split(": ", 1)[-1], "decision": "retrain" if run.get("retrain") else "skip",
+        "id": None, "candidate_version": None, "champion_version": run.get("champion_version"), "p_value": None,
+        "gate_reason": None,
+    }  # fmt: skip
+    if gate_record is not None:
+        line = timeline_entry(gate_record)
+        entry.update(decision=line["decision"], id=line["id"], candidate_version=line["candidate_version"],
+                     champion_version=line["champion_version"], p_value=line["p_value"], gate_reason=line["reason"])  # fmt: skip
+    return entry
+
+
+def replay_view(lake: Lake, records: list[dict[str, Any]], runs: int = REPLAY_RUNS) -> dict[str, Any]:
+    """Every replay day by day, beside what live ct decided on the same days (``state/runs/``, ``state/replays/``).
+
+    ``records`` is the decision history; a run's gate (or, for a live one, its approval's answer) is
+    its outcome, and a run that skipped is listed with its reason. Each replay says on how many of
+    its days it decided otherwise than live ct.
+    """
+    gates: dict[str, dict[str, Any]] = {}
+    for record in records:  # in decision order: a live run's approval answer replaces its pending gate
+        if record.get("kind") in RECORD_NAMES:
+            gates[record["run_key"]] = record
+    days: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    replays: dict[str, dict[str, Any]] = {}
+    for key in lake.list_keys(layout.state(layout.RUNS))[-runs:]:
+        run = _read_optional(lake, key)
+        if run is None or "run_key" not in run:
+            continue
+        column = str(run.get("replay") or "unknown") if run.get("backfill") else "live"
+        entry = _outcome(run, gates)
+        day = str(iso_day(run.get("as_of")))
+        days.setdefault(day, {}).setdefault(column, []).append(entry)
+        if column != "live":
+            replays.setdefault(column, {"id": column, "runs": 0, "days": set()})
+            replays[column]["runs"] += 1
+            replays[column]["days"].add(day)
+    for replay_id, replay in replays.items():
+        described = _read_optional(lake, layout.state(f"{layout.REPLAYS}/{replay_id}.json")) or {}
+        replay["settings"] = described.get("settings") or {}
+        replay["force_retrain"] = bool(described.get("force_retrain"))
+        compared = [d for d in replay["days"] if days[d].get("live")]
+        replay["compared_days"] = len(compared)
+        replay["differs_on"] = sorted(
+            d for d in compared if _decisions(days[d][replay_id]) != _decisions(days[d]["live"])
+        )
+        replay["days"] = sorted(replay["days"])
+    ordered = sorted(replays.values(), key=lambda r: (r["days"][0] if r["days"] else "", r["id"]))
+    return {"days": dict(sorted(days.items(), reverse=True)), "replays": ordered}
+
+
+def _decisions(entries: list[dict[str, Any]]) -> str:
+    """What a day ended with (its last run's decision), with a replay's "would-" read as live's word."""
+    return _SAME.get(entries[-1]["decision"], entries[-1]["decision"])
+
+
+def iso_day(epoch: Any) -> str:
+    """The UTC day of a Unix time, ``2026-01-03`` (``unknown`` without one)."""
+    if not isinstance(epoch, int | float):
+        return "unknown"
+    return datetime.fromtimestamp(float(epoch), UTC).date().isoformat()

@@ -44,7 +44,8 @@ def _runs_tests(config: pytest.Config) -> bool:
 #: Tests that share a costly session or module setup run on one xdist worker (``make test`` runs two):
 #: the fault suite's servers and scenario, the server-profile stack that the backfill reuses, and the browser's stack.
 XDIST_GROUPS = {"tests/faults/": "faults", "tests/integration/test_server_profile.py": "server-profile",
-                "tests/integration/test_operating.py": "operating"}  # fmt: skip
+                "tests/integration/test_operating.py": "operating",
+                "tests/integration/test_backfill_replay.py": "replay"}  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into the node ids it schedules by
@@ -170,12 +171,12 @@ def write_batch(lake, digits):  # type: ignore[no-untyped-def]
     """Write a committed landing batch of real digits: ``write_batch("b1", start, count, **kw)``."""
     from ml.demo import write_batch as write
 
-    def _write(batch_id: str, start: int = 0, count: int = 200, transform=None, extra_files=None, commit=True) -> str:  # type: ignore[no-untyped-def]
+    def _write(batch_id: str, start: int = 0, count: int = 200, transform=None, extra_files=None, commit=True,  # type: ignore[no-untyped-def]
+               event_time=None) -> str:  # fmt: skip
         images, labels = digits
         chunk = images[start : start + count]
-        write(
-            lake, batch_id, transform(chunk) if transform else chunk, labels[start : start + count], extra_files, commit
-        )
+        write(lake, batch_id, transform(chunk) if transform else chunk, labels[start : start + count], extra_files,
+              commit, event_time)  # fmt: skip
         return batch_id
 
     return _write

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ml import layout
 from ml.config import Settings
 from ml.data import hashindex
+from ml.data.availability import MARKER_EXAMPLE, marker_event_time, record_batch
 from ml.data.validate import RuleFailure, ValidationOutcome, batch_failure, render_html, validate_manifest
 from ml.errors import BatchNotFound, CtError, InfrastructureUnavailable, NothingToDo, UnsafePath, UsageError
 from ml.storage import Lake, LocalLake, clean_key
@@ -699,10 +700,20 @@ def ingest_batch(
                 **_curated_summary(lake, dataset_id, root)}  # fmt: skip
     if (failure := _batch_failure(lake, batch_id)) is not None:
         return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
-    return _curate(lake, batch_id, settings, root, dataset_id)
+    try:
+        event_time = marker_event_time(lake.read_bytes(layout.commit_marker(batch_id)))
+    except ValueError as exc:
+        failure = batch_failure(
+            "commit_marker", f"{layout.COMMIT_MARKER}: {exc}",
+            fix=f"leave {layout.COMMIT_MARKER} empty, or write an event time into it as {MARKER_EXAMPLE}",
+        )  # fmt: skip
+        return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
+    return _curate(lake, batch_id, settings, root, dataset_id, event_time)
 
 
-def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id: str) -> dict[str, Any]:
+def _curate(
+    lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id: str, event_time: float | None = None
+) -> dict[str, Any]:
     manifest, shards, problems = build_manifest(lake, batch_id, settings, root, dataset_id)
     outcome = validate_manifest(manifest, settings, problems)
     passes, checked, dropped = [(outcome, VALIDATION)], manifest, manifest.iloc[0:0]
@@ -734,6 +745,7 @@ def _curate(lake: Lake, batch_id: str, settings: Settings, root: str, dataset_id
     manifest = _locate(manifest, shards)
     if len(dropped):
         _write_parquet(lake, layout.join(root, dataset_id, "dropped.parquet"), dropped[MANIFEST_COLUMNS])
+    record_batch(lake, dataset_id, event_time, root)  # when it became available: what point-in-time runs read
     # The manifest is written after every shard it names: its presence is what makes the batch curated.
     _write_parquet(lake, layout.manifest(dataset_id, root), manifest)
     hashindex.add(lake, root, dataset_id, manifest["sha256"])

@@ -58,7 +58,8 @@ INGEST_CHECKS = {check.rule: check for check in (
           "quarantined under invalid-name-<sha256 of its name>, never read"),
     Check("batch_root", "batch", "landing/<batch_id> and its images/ are real folders at exactly that place in "
           "the lake, not symlinks to elsewhere; nothing is read otherwise"),
-    Check("commit_marker", "batch", "the _COMMITTED marker is a regular file, not a folder or a symlink"),
+    Check("commit_marker", "batch", "the _COMMITTED marker is a regular file, not a folder or a symlink, and any "
+          "JSON in it states a valid event_time"),
     Check("ingest_error", "batch", "ingest raised an unexpected error on this batch; the others went on"),
 )}  # fmt: skip
 ROW_CHECKS = tuple(rule for rule, check in INGEST_CHECKS.items() if check.level == "row")

@@ -1,7 +1,13 @@
-"""The data window of a retrain run: which batches are new, which train, which evaluate.
+"""The data window of a retrain run: which batches are new, which train, which evaluate, as of the run's time.
 
-The window is planned once per ``run_key`` and pinned in ``reports/ct_retrain/<run_key>/window.json``,
-so retries and reruns of the same DAG run see exactly the same data even if new batches arrived.
+A run stands for a moment ``as_of`` (its logical date). It sees the batches available then
+(:mod:`ml.data.availability`: a backfill only those, a live run all it has bar those dated later),
+the champion of that moment and the policy memory of that moment
+(:class:`World`: the live alias and ``state/policy.json`` for a live run, the decision history for a
+backfill). The window is planned once per ``run_key`` and pinned in
+``reports/ct_retrain/<run_key>/window.json`` with where each of the three came from, so retries
+and reruns of the same run see exactly the same data even if new batches arrived, and a reader can
+check what the run saw.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 from ml import layout
 from ml.config import Settings
+from ml.data.availability import Availability, available_batches, iso
 from ml.data.ingest import curated_batches, manifest_hash, read_manifest
 from ml.storage import Lake
 
@@ -22,22 +29,47 @@ POLICY_STATE = "policy.json"
 
 
 @dataclass(frozen=True)
+class World:
+    """What a run at ``as_of`` knew besides the data: the champion then, and the policy memory then."""
+
+    champion_version: str | None
+    reference_batches: list[str]  # what that champion was trained on
+    champion_source: dict[str, Any]  # where the champion came from: the live alias, or the decision history
+    considered_batches: set[str]  # batches earlier decisions had already looked at
+    policy_source: dict[str, Any]  # where that memory came from, with the memory itself
+
+
+@dataclass(frozen=True)
 class Window:
     run_key: str
     champion_version: str | None
     reference_batches: list[str]  # what the champion was trained on
-    new_batches: list[str]  # curated, and not yet considered by any retrain decision
-    train_batches: list[str]  # every curated batch up to this run: what a candidate trains on
-    eval_batches: list[str]  # the newest batches, whose test splits score both models
+    new_batches: list[str]  # available, and not yet considered by any retrain decision
+    train_batches: list[str]  # every batch available at as_of: what a candidate trains on
+    eval_batches: list[str]  # the newest of them, whose test splits score both models
     manifest_hashes: dict[str, str] = field(default_factory=dict)
     new_images: int = 0
+    as_of: float | None = None  # the time the run stands for (epoch seconds); None: planned before ct kept it
+    backfill: bool = False  # a replay of the past: never moves @champion, spends no alpha, keeps no memory
+    replay: str | None = None  # the replay's id (settings and force digest) for a backfill
+    sources: dict[str, Any] = field(default_factory=dict)  # where the batches, champion and policy memory came from
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "as_of_iso": iso(self.as_of)}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Window:
-        return Window(**data)
+        return Window(**{k: v for k, v in data.items() if k in Window.__dataclass_fields__})
+
+    def empty_reason(self) -> str:
+        """Why a window has no data at all: nothing curated yet, or nothing yet at its time."""
+        batches = self.sources.get("batches") or {}
+        later = batches.get("not_yet_available") or {}
+        if not later:
+            return "no curated data yet"
+        first = min(later.items(), key=lambda item: item[1].get("at") or 0.0)
+        return (f"no data as of {iso(self.as_of)}: no batch was available yet (the first, {first[0]}, "
+                f"became available at {first[1].get('at_iso')})")  # fmt: skip
 
 
 def window_key(run_key: str) -> str:
@@ -45,38 +77,51 @@ def window_key(run_key: str) -> str:
 
 
 def considered_batches(lake: Lake) -> set[str]:
-    """Batches that an earlier retrain decision already looked at (policy memory in ``state/``)."""
+    """Batches that an earlier live retrain decision already looked at (policy memory in ``state/``)."""
     return set(lake.read_json_or(layout.state(POLICY_STATE), {}).get("considered_batches", []))
 
 
 def plan_window(
-    lake: Lake, settings: Settings, run_key: str, champion: Callable[[], tuple[str | None, list[str]]]
+    lake: Lake,
+    settings: Settings,
+    run_key: str,
+    world: Callable[[], World],
+    as_of: float | None = None,
+    replay: str | None = None,
 ) -> Window:
-    """Plan the window for ``run_key``, or return the one already pinned for it.
+    """Plan the window for ``run_key`` at ``as_of``, or return the one already pinned for it.
 
-    ``champion`` resolves the current champion's version and training batches; it is called only
+    ``world`` resolves the champion and the policy memory of the run's time; it is called only
     when the window is planned, so a rerun never re-resolves a champion that has moved since.
+    ``replay`` (a backfill's id) makes the window a backfill's.
     """
     key = window_key(run_key)
     if lake.exists(key):
         return Window.from_dict(lake.read_json(key))
-    champion_version, reference_batches = champion()
-    curated = sorted(curated_batches(lake))
-    seen = considered_batches(lake) | set(reference_batches)
-    new = [b for b in curated if b not in seen]
+    seen = world()
+    availability: Availability = available_batches(lake, sorted(curated_batches(lake)), as_of,
+                                                   settings.history.batch_time, live=replay is None)  # fmt: skip
+    curated = availability.available
+    considered = seen.considered_batches | set(seen.reference_batches)
+    new = [b for b in curated if b not in considered]
     new_images = sum(int((read_manifest(lake, b)["split"] == "train").sum()) for b in new)
     window = Window(
         run_key=run_key,
-        champion_version=champion_version,
-        reference_batches=sorted(reference_batches),
+        champion_version=seen.champion_version,
+        reference_batches=sorted(seen.reference_batches),
         new_batches=new,
         train_batches=curated,
         eval_batches=curated[-settings.gate.eval_recent_batches :],
         manifest_hashes={b: manifest_hash(lake, b) for b in curated},
         new_images=new_images,
+        as_of=as_of,
+        backfill=replay is not None,
+        replay=replay,
+        sources={"batches": availability.to_dict(), "champion": seen.champion_source, "policy": seen.policy_source},
     )
     lake.write_json(key, window.to_dict())
-    log.info("window %s: %d new batches, %d to train, eval on %s", run_key, len(new), len(curated), window.eval_batches)
+    log.info("window %s as of %s: %d new batches, %d to train, eval on %s, champion %s", run_key, iso(as_of),
+             len(new), len(curated), window.eval_batches, seen.champion_version)  # fmt: skip
     return window
 
 

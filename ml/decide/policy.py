@@ -14,6 +14,10 @@ Rules (each that fires adds a reason; none firing means skip, with why):
 :class:`PolicyState` and the updated state comes back. It lives in ``state/policy.json``; each
 decision is stored once per run key in ``reports/ct_retrain/<run_key>/decision.json``.
 
+Every decision, live or replayed, is also appended to ``state/runs/`` under the time its run stands
+for. The live ones are the policy memory's history: :func:`state_at` reads the memory as it was at
+any past moment from there (what a backfill decides with), never from today's ``state/policy.json``.
+
 The decision record is the commit point. It holds the state it read (its ``revision``) and the
 state it produced; :func:`apply_state` writes the latter only if the memory is still at that
 revision, so a rerun after a kill finishes the update and never applies it twice or over a newer
@@ -23,7 +27,9 @@ must not move cooldowns or the model's age for today's runs.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -76,7 +82,7 @@ def decide(
     force: bool = False,
 ) -> tuple[RetrainDecision, PolicyState]:
     if not window.train_batches:
-        return RetrainDecision(False, ["no curated data yet"]), state
+        return RetrainDecision(False, [window.empty_reason()]), state
 
     has_new = bool(window.new_batches)
     drifted = bool(drift.get("drift_detected"))
@@ -159,11 +165,49 @@ def record_decision(
         new_state = replace(new_state, last_retrain_at=max(state.last_retrain_at, new_state.last_retrain_at))
     record = {"run_key": window.run_key, "as_of": as_of, "retrain": decision.retrain, "reasons": decision.reasons,
               "summary": decision.summary, "signals": decision.signals, "new_batches": window.new_batches,
-              "new_images": window.new_images, "backfill": backfill, "state_revision": state.revision,
-              "state_after": None if backfill else _state_dict(new_state)}  # fmt: skip
+              "new_images": window.new_images, "backfill": backfill, "replay": window.replay,
+              "champion_version": window.champion_version, "state_revision": state.revision,
+              "state_before": _state_dict(state), "state_after": None if backfill else _state_dict(new_state)}  # fmt: skip
     lake.write_json(key, record)  # the commit point
     apply_state(lake, record)
+    log_run(lake, record)
     return {**record, "decision_uri": lake.uri(key)}
+
+
+def run_log_key(record: dict[str, Any]) -> str:
+    kind = "replay" if record.get("backfill") else "live"
+    return layout.state(f"{layout.RUNS}/{layout.time_stamp(float(record['as_of']))}-{kind}-{record['run_key']}.json")
+
+
+def log_run(lake: Lake, record: dict[str, Any]) -> None:
+    """Append the decision to ``state/runs/`` (an exclusive create: a rerun adds nothing)."""
+    body = json.dumps(record, sort_keys=True, default=str).encode()
+    if not lake.create_exclusive(run_log_key(record), body):
+        log.info("run %s is already in %s", record["run_key"], layout.state(layout.RUNS))
+
+
+def run_log(lake: Lake) -> list[str]:
+    """Keys of ``state/runs/``, oldest first (their names start with the run's time)."""
+    return lake.list_keys(layout.state(layout.RUNS))
+
+
+def state_at(lake: Lake, as_of: float) -> tuple[PolicyState, dict[str, Any]]:
+    """The live policy memory as it was just before ``as_of``, and where it came from.
+
+    It is the memory the last live decision before ``as_of`` produced (``state/runs/``): a backfill
+    decides with what live ct knew then, not with today's ``state/policy.json``.
+    """
+    cutoff = layout.time_stamp(as_of)
+    names = {k: k.rsplit("/", 1)[-1] for k in run_log(lake)}
+    stamp = len(cutoff)
+    live = [k for k, name in names.items() if name[stamp : stamp + 6] == "-live-" and name[:stamp] < cutoff]
+    if not live:
+        return PolicyState(), {"source": "no live retrain decision before this time in state/runs/: empty memory",
+                               "state": _state_dict(PolicyState())}  # fmt: skip
+    record = lake.read_json(live[-1])
+    state = PolicyState.from_dict(record.get("state_after") or {})
+    return state, {"source": f"state/runs/: the memory after live run {record['run_key']}", "key": live[-1],
+                   "state": _state_dict(state)}  # fmt: skip
 
 
 def apply_state(lake: Lake, record: dict[str, Any]) -> bool:
@@ -186,3 +230,14 @@ def apply_state(lake: Lake, record: dict[str, Any]) -> bool:
 def recorded_decision(lake: Lake, run_key: str) -> dict[str, Any] | None:
     key = layout.report(layout.RETRAIN_DAG, run_key, "decision.json")
     return {**lake.read_json(key), "decision_uri": lake.uri(key)} if lake.exists(key) else None
+
+
+def describe_replay(lake: Lake, window: Window, overrides: dict[str, Any], force: bool) -> None:
+    """Note once what a replay is (its settings overrides and force), for the dashboard's backfill view."""
+    if window.replay is None:
+        return
+    body = {"replay": window.replay, "settings": overrides, "force_retrain": bool(force), "first_run": window.run_key,
+            "created_at": time.time()}  # fmt: skip
+    lake.create_exclusive(
+        layout.state(f"{layout.REPLAYS}/{window.replay}.json"), json.dumps(body, sort_keys=True).encode()
+    )

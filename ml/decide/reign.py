@@ -15,8 +15,8 @@ and the challenges claimed so far. It follows the decisions' protocol (:mod:`ml.
   promotion) resets the state as the last step of applying the move, so it is finished by the
   same rerun or lease recovery that finishes the alias. A reset never undoes a later reign: it
   compares the moves' decision times, which are taken under the lease.
-* **Backfills and overrides spend nothing.** A backfill records the level the next live challenge
-  would get; rollbacks and forced promotions are not tests.
+* **Backfills and overrides spend nothing.** A backfill records the level a live challenge had at
+  its run's time (:func:`replayed`, from the decision history); rollbacks and forced promotions are not tests.
 """
 
 from __future__ import annotations
@@ -84,9 +84,15 @@ def claim(lake: Lake, lease: Lease, champion_version: str, run_key: str, alpha: 
 
 
 def peek(lake: Lake, champion_version: str, alpha: float) -> dict[str, Any]:
-    """The level the next live challenge would get, spending nothing (backfills)."""
+    """The level the next live challenge would get now, spending nothing."""
     state = _current(lake, champion_version)
     return _spending(state, _next_k(state), alpha, consumed=False)
+
+
+def replayed(champion_version: str, started_by: str | None, earlier_challenges: int, alpha: float) -> dict[str, Any]:
+    """The level a live challenge had at a past moment, after ``earlier_challenges`` in that reign (a backfill's)."""
+    state = {"champion_version": str(champion_version), "started_by": started_by}
+    return _spending(state, earlier_challenges + 1, alpha, consumed=False)
 
 
 def start(lake: Lake, lease: Lease, champion_version: str, decided_at: float, started_by: str) -> None:

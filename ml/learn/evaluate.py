@@ -85,8 +85,12 @@ def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
     candidate = registry.version_by_run_key(mlflow_client, settings.model_name, run_key)
     if candidate is None:
         raise CtError(f"run {run_key} registered no candidate; run its train step first")
-    champion = registry.champion(mlflow_client, settings.model_name)
     window = load_window(lake, run_key)
+    if window.backfill:  # a replay scores the champion of its time, whatever holds the alias now
+        version = window.champion_version
+        champion = None if version is None else registry.get_version(mlflow_client, settings.model_name, version)
+    else:
+        champion = registry.champion(mlflow_client, settings.model_name)
     with ShardReader(lake) as reader:
         rows = eval_rows(reader, settings, window)
         record = _record(run_key, settings, window, rows, candidate, champion)

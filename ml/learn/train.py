@@ -290,6 +290,7 @@ def _train_and_register(
                 registry.RUN_KEY_TAG: run_key,
                 registry.WINDOW_TAG: lake.uri(window_key(run_key)),
                 registry.FORMAT_TAG: artifact.FORMAT,
+                **({registry.AS_OF_TAG: f"{window.as_of:.6f}"} if window.as_of is not None else {}),
             },
             description=f"ct candidate for run {run_key}",
         )

@@ -22,7 +22,6 @@ Before the commit point nothing is visible; a kill there means the rerun decides
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,10 +31,13 @@ import numpy as np
 
 from ml import layout
 from ml.config import Settings
+from ml.data.availability import iso
+from ml.data.window import Window, load_window
 from ml.decide import gate, reign
-from ml.errors import ChampionChanged, CorruptState, CtError
+from ml.errors import ChampionChanged, CtError
 from ml.learn.evaluate import eval_key, rescore_champion
 from ml.release import registry
+from ml.release.history import MOVES, append_history, challenges_at, decision_id, history_key, read_history
 from ml.release.lease import Lease, promotion_lease
 from ml.storage import Lake
 
@@ -44,13 +46,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HISTORY = "decisions"
 ACCURACY_TAG = "ct.eval.accuracy"
-MOVES = ("promote", "rollback")  # decisions that move the alias (a gate's promote, or an override)
 OVERRIDES = ("rollback", "promote")
 MIN_REASON_CHARS = 10
 #: A live promote that waits for a person (``gate.require_approval``); it moves nothing until answered.
 PENDING = "pending"
+#: A backfill's gate: what the live gate would have decided at the run's time. Neither moves anything.
+WOULD_PROMOTE = "would-promote"
+WOULD_REJECT = "would-reject"
 #: An approval nobody answered in ``gate.approval_timeout_hours``: nothing moved.
 EXPIRED = "expired"
 ANSWERS = ("approve", "reject", EXPIRED)
@@ -64,56 +67,6 @@ def gate_key(dag_id: str, run_key: str, name: str = "gate.json") -> str:
 def record_key(record: dict[str, Any]) -> str:
     """Where a decision's record (its commit point) lives."""
     return gate_key(record["dag_id"], record["run_key"], RECORD_NAMES.get(record["kind"], "decision.json"))
-
-
-# -- the history ------------------------------------------------------------------------------
-def history_key(record: dict[str, Any]) -> str:
-    """One key per decision, derived from the record: an append after a kill cannot make a second entry."""
-    decided_at = float(record["decided_at"])
-    # Microseconds in the key keep the listing in decision order.
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(decided_at)) + f".{round(decided_at * 1e6) % 1_000_000:06d}"
-    return layout.state(f"{HISTORY}/{stamp}-{record['kind']}-{record['run_key']}.json")
-
-
-def decision_id(record: dict[str, Any]) -> str:
-    """A decision's id in URLs: its history record's name, e.g. ``20260103T040000.000000-gate-<run_key>``."""
-    return history_key(record).rsplit("/", 1)[-1].removesuffix(".json")
-
-
-def append_history(lake: Lake, record: dict[str, Any]) -> str:
-    """Add one decision to ``state/decisions/`` (append-only: an exclusive create, never a rewrite)."""
-    key = history_key(record)
-    body = {k: v for k, v in record.items() if k not in ("history_key", "already_done")}
-    created = lake.create_exclusive(key, (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode())
-    if not created:
-        log.info("history entry %s was already written", lake.uri(key))
-    return key
-
-
-def read_history(lake: Lake, limit: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Decisions in the order they were made (with ``limit``, the newest), and the unreadable records.
-
-    A corrupt record is reported (logged and returned by name) and skipped: one bad object must not
-    hide every other decision.
-    """
-    keys = lake.list_keys(layout.state(HISTORY))
-    records, problems = [], []
-    for key in keys[-limit:] if limit else keys:
-        try:
-            record = lake.read_json(key)
-        except CorruptState as exc:
-            log.warning("skipping an unreadable decision record: %s", exc)
-            problems.append(str(exc))
-            continue
-        if not isinstance(record, dict) or "decision" not in record:
-            problems.append(f"{lake.uri(key)} is not a decision record")
-            continue
-        records.append(record)
-    return records, problems
-
-
-def history(lake: Lake, limit: int | None = None) -> list[dict[str, Any]]:
-    return read_history(lake, limit)[0]
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -291,8 +244,7 @@ def _outcome_record(
     settings: Settings,
     run_key: str,
     dag_id: str,
-    backfill: bool,
-    allow_backfill_promote: bool,
+    window: Window,
     spending: dict[str, Any] | None,
 ) -> dict[str, Any]:
     y_true = np.asarray(evaluation["y_true"], dtype=np.int64)
@@ -315,12 +267,16 @@ def _outcome_record(
             f"{spending['alpha']:.3g}, {spending['left']:.3g} of {spending['budget']:g} left"
             + ("" if spending["consumed"] else " (a backfill spends none of it)")
         )
-    if backfill and not allow_backfill_promote:
-        # The evidence is still computed and recorded; only the alias stays where it is.
-        outcome.reasons.insert(0, f"backfill runs do not promote (the evidence said {outcome.decision})")
-        outcome.decision = "reject"
-    elif backfill:
-        outcome.reasons.append("backfill run: promotion allowed by allow_backfill_promote")
+    if window.backfill:
+        # What the live gate would have decided then; the evidence is recorded, nothing moves.
+        champion_then = f"v{champion['version']}" if champion else "no champion"
+        outcome.reasons.append(
+            f"replay as of {iso(window.as_of)}: judged against {champion_then}, the champion then "
+            f"({(window.sources.get('champion') or {}).get('source', 'decision history')}); @champion untouched"
+        )
+        if outcome.decision == "promote" and settings.gate.require_approval:
+            outcome.reasons.append("live ct would have asked an approver first (gate.require_approval)")
+        outcome.decision = WOULD_PROMOTE if outcome.decision == "promote" else WOULD_REJECT
     elif outcome.decision == "promote" and settings.gate.require_approval:
         # Decided and recorded now; the alias moves only when an approver says so (run_approval).
         outcome.reasons.insert(0, "waiting for an approver: the evidence says promote (gate.require_approval)")
@@ -336,6 +292,7 @@ def _outcome_record(
         "run_key": run_key,
         "dag_id": dag_id,
         "decided_at": time.time(),
+        "as_of": window.as_of,
         "decision": outcome.decision,
         "reasons": outcome.reasons,
         "candidate_version": candidate["version"],
@@ -345,7 +302,8 @@ def _outcome_record(
         "train_batches": evaluation["train_batches"],
         "eval_rows": len(y_true),
         "golden_set": evaluation.get("golden_set"),
-        "backfill": backfill,
+        "backfill": window.backfill,
+        "replay": window.replay,
         "cost": {"candidate": candidate.get("cost"), "champion": (champion or {}).get("cost")},
         "metrics": {"candidate": outcome.candidate, "champion": outcome.champion},
         "checks": outcome.checks,
@@ -366,15 +324,12 @@ def _result(lake: Lake, record: dict[str, Any], already_done: bool) -> dict[str,
     return {**record, **extra, "history_key": history_key(record), "already_done": already_done}
 
 
-def run_gate(
-    lake: Lake,
-    settings: Settings,
-    run_key: str,
-    backfill: bool = False,
-    allow_backfill_promote: bool = False,
-    dag_id: str = layout.RETRAIN_DAG,
-) -> dict[str, Any]:
-    """Decide once per run key. A rerun finishes what a killed attempt left and never decides again."""
+def run_gate(lake: Lake, settings: Settings, run_key: str, dag_id: str = layout.RETRAIN_DAG) -> dict[str, Any]:
+    """Decide once per run key. A rerun finishes what a killed attempt left and never decides again.
+
+    A backfill run (its window says so) decides what the live gate would have decided at its time:
+    against the champion of that time, at the level of that point of its reign, and moves nothing.
+    """
     key = gate_key(dag_id, run_key)
     mlflow_client = registry.client(settings)
     if lake.exists(key):
@@ -383,11 +338,20 @@ def run_gate(
         return _result(lake, record, already_done=True)
 
     evaluation = lake.read_json(eval_key(run_key))
+    window = load_window(lake, run_key)
+    if window.backfill:
+        record = _outcome_record(
+            evaluation, settings, run_key, dag_id, window, _replayed_spending(lake, settings, window)
+        )
+        lake.write_json(key, record)  # the commit point
+        finish(lake, settings, mlflow_client, record)
+        log.info("gate %s (replay as of %s): %s (%s)", run_key, iso(window.as_of), record["decision"],
+                 "; ".join(record["reasons"]))  # fmt: skip
+        return _result(lake, record, already_done=False)
     attempts = settings.gate.max_reevaluations + 1
     for attempt in range(1, attempts + 1):
         try:
-            record = _decide_and_commit(lake, settings, mlflow_client, evaluation, run_key, dag_id, backfill,
-                                        allow_backfill_promote)  # fmt: skip
+            record = _decide_and_commit(lake, settings, mlflow_client, evaluation, run_key, dag_id, window)
             break
         except ChampionChanged as changed:
             if attempt == attempts:
@@ -402,6 +366,16 @@ def run_gate(
     return _result(lake, record, already_done=False)
 
 
+def _replayed_spending(lake: Lake, settings: Settings, window: Window) -> dict[str, Any] | None:
+    """The alpha a live challenge had at the window's time: its place in that champion's reign, from the history."""
+    champion = window.sources.get("champion") or {}
+    if window.champion_version is None or window.as_of is None or "since" not in champion:
+        return None
+    records, _ = read_history(lake)
+    earlier = challenges_at(records, champion, window.as_of)
+    return reign.replayed(window.champion_version, champion.get("decision"), earlier, settings.gate.alpha)
+
+
 def _decide_and_commit(
     lake: Lake,
     settings: Settings,
@@ -409,19 +383,16 @@ def _decide_and_commit(
     evaluation: dict[str, Any],
     run_key: str,
     dag_id: str,
-    backfill: bool,
-    allow_backfill_promote: bool,
+    window: Window,
 ) -> dict[str, Any]:
     """Decide and commit once. A live test against a champion claims its level under the lease."""
     key = gate_key(dag_id, run_key)
     champion = evaluation.get("champion")
     evaluated = champion["version"] if champion else None
-    live_test = champion is not None and not backfill
     alpha = settings.gate.alpha
     record: dict[str, Any] = {}
-    if not live_test:
-        spending = reign.peek(lake, evaluated, alpha) if evaluated is not None else None
-        record = _outcome_record(evaluation, settings, run_key, dag_id, backfill, allow_backfill_promote, spending)
+    if evaluated is None:  # a first model: no test, no budget
+        record = _outcome_record(evaluation, settings, run_key, dag_id, window, None)
         if record["decision"] not in MOVES:
             lake.write_json(key, record)  # the commit point
             return record
@@ -432,10 +403,9 @@ def _decide_and_commit(
                 f"@{registry.CHAMPION} moved from v{evaluated} to v{current} while {run_key} was evaluated",
                 current=current,
             )
-        if live_test:
+        if evaluated is not None:
             spending = reign.claim(lake, lease, str(evaluated), run_key, alpha)
-            record = _outcome_record(evaluation, settings, run_key, dag_id, backfill, allow_backfill_promote,
-                                     spending)  # fmt: skip
+            record = _outcome_record(evaluation, settings, run_key, dag_id, window, spending)
         if record["decision"] in MOVES:
             _commit_move(lake, settings, mlflow_client, record, lease)
         else:
@@ -445,7 +415,14 @@ def _decide_and_commit(
 
 
 def run_override(
-    lake: Lake, settings: Settings, action: str, version: str, reason: str, run_key: str, actor: str = "cli"
+    lake: Lake,
+    settings: Settings,
+    action: str,
+    version: str,
+    reason: str,
+    run_key: str,
+    actor: str = "cli",
+    as_of: float | None = None,
 ) -> dict[str, Any]:
     """Roll back to, or force-promote, ``version``: with a reason, under the lease, with a history record.
 
@@ -482,6 +459,7 @@ def run_override(
             "run_key": run_key,
             "dag_id": layout.OPS_DAG,
             "decided_at": time.time(),
+            "as_of": as_of if as_of is not None else time.time(),  # when it takes effect in ct's history
             "decision": action,
             "reasons": [reason.strip()],
             "actor": actor,
@@ -492,6 +470,10 @@ def run_override(
     finish(lake, settings, mlflow_client, record)
     log.info("%s: @%s moved from v%s to v%s (%s)", action, registry.CHAMPION, current, version, reason)
     return _result(lake, record, already_done=False)
+
+
+def _gate_time(record: dict[str, Any]) -> float:
+    return float(record["as_of"] if record.get("as_of") is not None else record["decided_at"])
 
 
 def run_approval(lake: Lake, settings: Settings, run_key: str, answer: str, by: str | None, comment: str = "",
@@ -525,6 +507,8 @@ def run_approval(lake: Lake, settings: Settings, run_key: str, answer: str, by: 
         **pending,
         "kind": "approval",
         "decided_at": time.time(),
+        # It takes effect as long after the gate's run time as the approver took to answer.
+        "as_of": _gate_time(pending) + (time.time() - float(pending["decided_at"])),
         "decision": "promote" if answer == "approve" else "reject" if answer == "reject" else EXPIRED,
         "reasons": [first, *pending["reasons"][1:]],  # the gate's own reasons, without "waiting for an approver"
         "actor": by,

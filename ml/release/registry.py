@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 RUN_KEY_TAG = "ct.run_key"
 WINDOW_TAG = "ct.window_uri"
+AS_OF_TAG = "ct.as_of"  # the time (epoch seconds) of the run that trained the version: its age is counted from it
 FORMAT_TAG = "ct.model_format"  # how the version is stored: ml.model.artifact.FORMAT
 PROCESS_TAG_PREFIX = "ct.process."  # ct.process.host, .pid, .pid_start: who ran a training run
 

@@ -30,7 +30,7 @@ def test_retrain_chain_and_schedule(dagbag) -> None:
         assert dag.get_task(outcome).trigger_rule == "none_failed_min_one_success"
     assert type(dag.get_task("approval")).__name__ == "CtApprovalOperator"
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
-    assert set(dag.params.keys()) == {"force_retrain", "allow_backfill_promote"}
+    assert set(dag.params.keys()) == {"force_retrain", "settings"}
 
 
 def test_ingest_is_started_by_the_landing_watcher(dagbag) -> None:

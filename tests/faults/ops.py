@@ -8,8 +8,8 @@ from ml import layout
 from ml.config import load_settings
 from ml.data.window import window_key
 from ml.release import registry
+from ml.release.history import read_history
 from ml.release.lease import generation_key, generations
-from ml.release.promote import read_history
 from ml.storage import Lake
 
 

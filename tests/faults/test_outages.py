@@ -82,17 +82,19 @@ def test_drift_outage_at_each_call_is_an_error(
 ) -> None:
     env = {**world, "CT_DRIFT__EMBEDDINGS": "true"}  # drift then loads the champion from MLflow too
     move_champion_to(runner, env, "1", f"do-{service}-setup")
-    clean = runner.step(env, "drift", "--run-key", f"do-{service}-clean", fault=Fault(cut_service=service))
+    # Each run is a replay (--replay): it decides as live ct would have, and writes no live policy memory.
+    clean = runner.step(env, "drift", "--run-key", f"do-{service}-clean", "--replay", "outage",
+                        fault=Fault(cut_service=service))  # fmt: skip
     assert clean.exitcode == 0, clean.result
-    expected = runner.step(env, "decide", "--run-key", f"do-{service}-clean", "--backfill")
+    expected = runner.step(env, "decide", "--run-key", f"do-{service}-clean")
     for n in distinct_calls(clean.trace, service):
         key = f"do-{service}-{n}"
         cut = Fault(cut_at=n, cut_service=service, cut_pgid=services[service].pgid)
         with frozen_until_done(services[service].pgid):
-            down = runner.step(env, "drift", "--run-key", key, fault=cut)
+            down = runner.step(env, "drift", "--run-key", key, "--replay", "outage", fault=cut)
         assert_outage(down, f"{service} call {n}")
-        assert runner.step(env, "drift", "--run-key", key).exitcode == 0, key
-        decided = runner.step(env, "decide", "--run-key", key, "--backfill")
+        assert runner.step(env, "drift", "--run-key", key, "--replay", "outage").exitcode == 0, key
+        decided = runner.step(env, "decide", "--run-key", key)
         assert decided.result is not None and expected.result is not None
         assert decided.result["reasons"] == expected.result["reasons"], (key, decided.result["reasons"])
         assert "no champion yet" not in decided.result["summary"]

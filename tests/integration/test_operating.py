@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,8 @@ def _wait_for(url: str, stack_log: Path, timeout: float) -> None:
     raise AssertionError(f"{url} did not answer in {timeout:.0f} s:\n{stack_log.read_text(errors='replace')[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    """The demo's story in a fresh home, then ``make up``'s services on it."""
-    if CHROMIUM is None:
-        pytest.skip("no chromium here and `make test` could not install it (it needs root and apt-get): "
-                    "apt-get install chromium, then run this test again")  # fmt: skip
-    root = Path(tempfile.mkdtemp(prefix="ct-operating-"))
-    home = root / "ct"
-    port, mlflow_port = free_port(), free_port()
+def stack_env(root: Path, home: Path, port: int, mlflow_port: int) -> dict[str, str]:
+    """``make up``'s environment for a stack in ``root``, with the test users and their passwords."""
     env = {k: v for k, v in os.environ.items() if k != "CT_MLFLOW_TRACKING_URI"}
     env.update(embedded_env(home, refresh_interval=2))
     env.update(TEST_ENV)
@@ -92,9 +86,12 @@ def stack() -> Iterator[Stack]:
         "CT_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
     })  # fmt: skip
     (root / "passwords.json").write_text(json.dumps({u: pw for u, (_, pw) in USERS.items()}))
-    demo = subprocess.run([sys.executable, "-m", "ct_airflow.launcher.local", "demo"], env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    return env
+
+
+@contextmanager
+def running_stack(root: Path, home: Path, env: dict[str, str], port: int, mlflow_port: int) -> Iterator[Stack]:
+    """``make up``'s services on ``home`` (its PostgreSQL, ``mlflow server``, Airflow), stopped and removed after."""
     postgres.start(home)
     log_path = root / "services.log"
     log = open(log_path, "w")  # the services write to it until they are stopped
@@ -111,8 +108,12 @@ def stack() -> Iterator[Stack]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def browser(stack: Stack) -> Iterator[Any]:
+@contextmanager
+def headless_chromium() -> Iterator[Any]:
+    """Debian's chromium under Playwright, headless; skips the test where it is missing."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium here and `make test` could not install it (it needs root and apt-get): "
+                    "apt-get install chromium, then run this test again")  # fmt: skip
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -121,6 +122,29 @@ def browser(stack: Stack) -> Iterator[Any]:
                                               args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])  # fmt: skip
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """The demo's story in a fresh home, then ``make up``'s services on it."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium here and `make test` could not install it (it needs root and apt-get): "
+                    "apt-get install chromium, then run this test again")  # fmt: skip
+    root = Path(tempfile.mkdtemp(prefix="ct-operating-"))
+    home = root / "ct"
+    port, mlflow_port = free_port(), free_port()
+    env = stack_env(root, home, port, mlflow_port)
+    demo = subprocess.run([sys.executable, "-m", "ct_airflow.launcher.local", "demo"], env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    with running_stack(root, home, env, port, mlflow_port) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Any]:
+    with headless_chromium() as chromium:
+        yield chromium
 
 
 def log_in(browser: Any, stack: Stack, user: str) -> Any:

@@ -8,8 +8,9 @@ It commits a landing batch and waits for the triggerer's watcher to start ``ct_i
 event must then start ``ct_retrain``, with both ending in success and the model promoted through the
 tracking server. All the while, no process those services started may listen on anything but loopback.
 
-Then, on the same stack, the documented backfill: ``airflow backfill create`` over 30 daily
-intervals, and again with ``--reprocess-behavior completed``. Both must complete on PostgreSQL with
+Then, on the same stack, the documented backfill: ``airflow backfill create`` over 10 daily
+intervals (the README's command, shortened: each run costs the same), and again with
+``--reprocess-behavior completed``. Both must complete on PostgreSQL with
 no ``database is locked``, one run at a time, no duplicate model version or decision, and the
 champion untouched.
 """
@@ -241,9 +242,10 @@ def test_a_committed_batch_flows_through_ingest_and_retrain(stack: Stack) -> Non
     stack.check_alive()
 
 
-#: The README's backfill commands (Operations), over 30 daily intervals of ct_retrain.
+#: The README's backfill commands (Operations), over 10 daily intervals of ct_retrain (the README's 30, shortened).
+DAYS = 10
 BACKFILL = ["backfill", "create", "--dag-id", "ct_retrain", "--from-date", "2026-01-01", "--to-date",
-            "2026-01-30T03:00:00+00:00", "--max-active-runs", "1"]  # fmt: skip
+            f"2026-01-{DAYS:02d}T03:00:00+00:00", "--max-active-runs", "1"]  # fmt: skip
 
 
 def _wait_for_backfill(stack: Stack, backfill_id: int) -> int:
@@ -261,9 +263,12 @@ def _wait_for_backfill(stack: Stack, backfill_id: int) -> int:
     pytest.fail(f"backfill {backfill_id} did not complete in {BACKFILL_TIMEOUT_S} s; see {stack.log_path}")
 
 
-def _run_backfill(stack: Stack, *extra: str) -> int:
+def _run_backfill(stack: Stack, *extra: str, dates: tuple[str, str] | None = None) -> int:
     before = query(stack.home, "SELECT coalesce(max(id), 0) FROM backfill")[0][0]
-    created = stack.airflow(*BACKFILL, *extra)
+    command = list(BACKFILL)
+    if dates:
+        command[command.index("--from-date") + 1], command[command.index("--to-date") + 1] = dates
+    created = stack.airflow(*command, *extra)
     assert created.returncode == 0, created.stdout + created.stderr
     backfill_id = query(stack.home, "SELECT max(id) FROM backfill")[0][0]
     assert backfill_id > before, created.stdout
@@ -271,8 +276,19 @@ def _run_backfill(stack: Stack, *extra: str) -> int:
     return int(backfill_id)
 
 
-@pytest.mark.timeout(2 * BACKFILL_TIMEOUT_S + 300)  # two backfills of 30 runs, one at a time: past the default 900 s
-def test_backfill_over_30_days_twice_on_postgres(stack: Stack) -> None:
+def _live_state(stack: Stack) -> dict[str, bytes]:
+    """The live policy memory and the champion's error budget, as stored."""
+    s3 = stack.s3()
+    found = {}
+    for name in ("policy.json", "reign.json"):
+        key = f"lake/state/{name}"
+        with contextlib.suppress(s3.exceptions.NoSuchKey):
+            found[name] = s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+    return found
+
+
+@pytest.mark.timeout(2 * BACKFILL_TIMEOUT_S + 600)  # backfills one run at a time: past the default 900 s
+def test_backfill_over_days_before_any_data_twice_on_postgres(stack: Stack) -> None:
     from mlflow import MlflowClient
 
     stack.check_alive()
@@ -281,14 +297,16 @@ def test_backfill_over_30_days_twice_on_postgres(stack: Stack) -> None:
     # The stack is the module's: the first test promoted the champion this backfill must leave alone.
     assert versions, "no model on this stack: run the whole module (and keep its xdist group on one worker)"
     champion = client.get_model_version_by_alias("ct-classifier", "champion").version
+    live_before = _live_state(stack)
+    assert "policy.json" in live_before and "reign.json" in live_before, live_before
 
     first = _run_backfill(stack)
     second = _run_backfill(stack, "--reprocess-behavior", "completed")
 
     runs = query(stack.home, "SELECT run_id, logical_date, state, start_date, end_date, backfill_id FROM dag_run "
                  "WHERE run_type = 'backfill' ORDER BY start_date")  # fmt: skip
-    assert len(runs) == 30, [r[0] for r in runs]  # reprocessing reran the same 30 runs, it made no new ones
-    assert {r[1].day for r in runs} == set(range(1, 31))
+    assert len(runs) == DAYS, [r[0] for r in runs]  # reprocessing reran the same runs, it made no new ones
+    assert {r[1].day for r in runs} == set(range(1, DAYS + 1))
     assert all(r[5] == second for r in runs) and first < second
     assert all(r[2] == "success" for r in runs), [(r[0], r[2]) for r in runs if r[2] != "success"]
     # One at a time: each run started after the previous one ended.
@@ -300,16 +318,42 @@ def test_backfill_over_30_days_twice_on_postgres(stack: Stack) -> None:
     assert {state for state, _ in states} <= {"success", "skipped"}, states
     decisions = [k for k in stack.lake_keys("reports/ct_retrain/") if k.endswith("/decision.json")]
     backfill_decisions = [stack.lake_json(k) for k in decisions if "backfill" in k]
-    assert len(backfill_decisions) == 30, decisions  # one per interval, not one per attempt
-    assert all(d["backfill"] and d["reasons"] for d in backfill_decisions), backfill_decisions[:2]
-    # Nothing was trained twice, nothing was promoted, no gate decision was recorded by a backfill.
+    # One per interval, not one per attempt: a rerun with the same conf and settings reuses its record.
+    assert len(backfill_decisions) == DAYS, decisions
+    # January's runs see January: the only batch was curated today, so there was nothing yet, and they say so.
+    for decided in backfill_decisions:
+        assert decided["backfill"] and decided["replay"] and not decided["retrain"], decided
+        assert decided["reasons"][0].startswith("no data as of 2026-01-"), decided["reasons"]
+        assert "no batch was available yet (the first, live-1, became available at 2026-" in decided["reasons"][0]
+    window = stack.lake_json(next(k for k in decisions if "backfill__2026-01-05" in k).replace("decision", "window"))
+    assert window["champion_version"] is None and window["train_batches"] == [], window
+    assert window["sources"]["champion"]["source"].startswith("no live move of @champion before this time")
+    assert list(window["sources"]["batches"]["not_yet_available"]) == ["live-1"]
+    # Nothing was trained, nothing was promoted, no gate decision was recorded by a backfill.
     after = client.search_model_versions("name='ct-classifier'")
-    run_keys = [v.tags.get("ct.run_key") for v in after]
-    assert len(run_keys) == len(set(run_keys)), run_keys
-    assert all("backfill" in v.tags.get("ct.run_key", "") for v in after if v.version not in versions)
+    assert {v.version for v in after} == versions
     assert client.get_model_version_by_alias("ct-classifier", "champion").version == champion
     gate_records = [k for k in stack.lake_keys("state/decisions/") if k.endswith(".json")]
     assert not [k for k in gate_records if "backfill" in k], gate_records
+    # Rerun means rerun: a new conf on an existing date is a new attempt, recorded beside the first.
+    _run_backfill(stack, "--reprocess-behavior", "completed", "--dag-run-conf", '{"force_retrain": true}',
+                  dates=("2026-01-05", "2026-01-05T03:00:00+00:00"))  # fmt: skip
+    attempts = [k for k in stack.lake_keys("reports/ct_retrain/") if "backfill__2026-01-05" in k
+                and k.endswith("/decision.json")]  # fmt: skip
+    assert len(attempts) == 2, attempts
+    # A bad override fails the run at once, with the validation message and no retries.
+    _run_backfill(stack, "--reprocess-behavior", "completed", "--dag-run-conf", '{"settings": {"gate": {"margn": 1}}}',
+                  dates=("2026-01-06", "2026-01-06T03:00:00+00:00"))  # fmt: skip
+    refused = query(stack.home, "SELECT ti.state, ti.try_number FROM task_instance ti JOIN dag_run dr ON "
+                    "dr.run_id = ti.run_id AND dr.dag_id = ti.dag_id WHERE dr.logical_date = '2026-01-06T03:00:00+00:00' "
+                    "AND dr.dag_id = 'ct_retrain' AND ti.task_id = 'drift'")  # fmt: skip
+    [(state, tries)] = refused
+    assert state == "failed", refused
+    task_logs = Path(stack.env["AIRFLOW_HOME"], "logs")
+    drift_logs = list(task_logs.rglob(f"run_id=*2026-01-06*/task_id=drift/attempt={tries}.log"))
+    assert drift_logs and "gate.margn" in drift_logs[0].read_text(errors="replace"), drift_logs
+    assert not list(task_logs.rglob(f"run_id=*2026-01-06*/task_id=drift/attempt={tries + 1}.log")), "no retry"
+    assert _live_state(stack) == live_before, "the live policy memory and error budget are byte-for-byte unchanged"
     # PostgreSQL: no writer was refused anywhere (the SQLite profile's failure).
     logs = [stack.log_path, *Path(stack.env["AIRFLOW_HOME"], "logs").rglob("*.log")]
     assert not [p for p in logs if "database is locked" in p.read_text(errors="replace")]

@@ -35,10 +35,10 @@ def test_approvals_settle_by_compare_and_set_once_and_only_when_asked(run_step, 
     assert "lower bound" in body and "p-value" in body and "| class | support |" in body
     second = pending_gate(run_step, write_batch, "r3", 800)
     # A backfill with the same good evidence never asks (it cannot promote): nothing to settle for it.
-    candidate(run_step, "bf")
-    backfill = run_step("gate", "--run-key", "bf", "--backfill")
-    assert backfill["reasons"][0] == "backfill runs do not promote (the evidence said promote)", backfill
-    assert backfill["decision"] == "reject" and "approval_body" not in backfill
+    candidate(run_step, "bf", "--replay", "bf")
+    backfill = run_step("gate", "--run-key", "bf")
+    assert backfill["decision"] == "would-promote" and "approval_body" not in backfill, backfill
+    assert "live ct would have asked an approver first (gate.require_approval)" in backfill["reasons"]
     refused = run_step("approval", "--run-key", "bf", "--answer", "approve", "--by", "alice")
     assert "there is no approval to settle" in refused["error"] and champion_now() == "1"
 
@@ -63,7 +63,7 @@ def test_approvals_settle_by_compare_and_set_once_and_only_when_asked(run_step, 
     again = run_step("approval", "--run-key", "r2", "--answer", "reject", "--by", "carol", "--comment", "no")
     assert again["already_done"] and again["decision"] == "reject" and again["reasons"] == late["reasons"]
     assert [(h["kind"], h["decision"], h.get("actor")) for h in history()[1:]] == [
-        ("gate", "pending", None), ("gate", "pending", None), ("gate", "reject", None),
+        ("gate", "pending", None), ("gate", "pending", None), ("gate", "would-promote", None),
         ("approval", "promote", "alice"), ("approval", "reject", "bob"),
     ]  # fmt: skip
     assert lake.read_json(layout.report(layout.RETRAIN_DAG, "r2", "approval.json"))["approval"]["by"] == "bob"

@@ -10,7 +10,7 @@ from ml.config import load_settings
 from ml.data.window import window_key
 from ml.errors import CorruptState, InfrastructureUnavailable
 from ml.release import registry
-from ml.release.promote import read_history
+from ml.release.history import read_history
 from tests.conftest import free_port
 
 

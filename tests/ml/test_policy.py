@@ -102,7 +102,7 @@ def _record(lake, run_key: str, as_of: float, backfill: bool = False) -> dict:  
     from ml.decide.policy import load_state, record_decision
 
     state = load_state(lake)
-    win = Window(**{**window(new_images=500).to_dict(), "run_key": run_key})
+    win = Window.from_dict({**window(new_images=500).to_dict(), "run_key": run_key, "backfill": backfill})
     decision, new_state = decide(win, CALM, PolicyConfig(), state, as_of)
     return record_decision(lake, win, decision, state, new_state, as_of, backfill=backfill)
 

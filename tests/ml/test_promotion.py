@@ -15,9 +15,12 @@ from ml.config import load_settings
 from ml.release import registry
 
 
-def candidate(run_step, run_key: str) -> dict:  # type: ignore[no-untyped-def]
-    """Plan, force, train and evaluate a candidate for ``run_key`` (everything but the gate)."""
-    run_step("drift", "--run-key", run_key)
+def candidate(run_step, run_key: str, *drift_flags: str) -> dict:  # type: ignore[no-untyped-def]
+    """Plan, force, train and evaluate a candidate for ``run_key`` (everything but the gate).
+
+    ``drift_flags`` go to the step that plans the window: ``--replay <id>`` makes the run a backfill's.
+    """
+    run_step("drift", "--run-key", run_key, *drift_flags)
     run_step("decide", "--run-key", run_key, "--force")
     run_step("train", "--run-key", run_key)
     return run_step("evaluate", "--run-key", run_key)
@@ -48,7 +51,7 @@ def champion_now() -> str | None:
 
 
 def history() -> list[dict]:
-    from ml.release.promote import history as read_history
+    from ml.release.history import history as read_history
     from ml.storage import Lake
 
     return read_history(Lake.from_uri(load_settings().lake_uri))
@@ -88,20 +91,16 @@ def test_rollback_and_forced_promotion_are_recorded_with_reasons(run_step, weak_
     assert tags["ct.rollback.reason"] == "v2 misclassifies sevens in production"
 
 
-@pytest.mark.parametrize(("flags", "decision"), [((), "reject"), (("--allow-backfill-promote",), "promote")],
-                         ids=["backfill", "backfill-allowed"])  # fmt: skip
-def test_backfill_runs_record_but_do_not_promote(run_step, weak_champion, write_batch, flags, decision) -> None:
+def test_backfill_runs_record_what_they_would_have_decided(run_step, weak_champion, write_batch) -> None:
     write_batch("b2", 500, 400)
     run_step("ingest")
-    candidate(run_step, "backfill-r2")
-    result = run_step("gate", "--run-key", "backfill-r2", "--backfill", *flags)
-    assert result["decision"] == decision and result["backfill"] is True
-    if decision == "reject":
-        assert result["reasons"][0] == "backfill runs do not promote (the evidence said promote)"
-        assert champion_now() == "1"
-    else:
-        assert result["reasons"][-1] == "backfill run: promotion allowed by allow_backfill_promote"
-        assert champion_now() == result["candidate_version"]
+    candidate(run_step, "backfill-r2", "--replay", "r")
+    result = run_step("gate", "--run-key", "backfill-r2")
+    assert result["decision"] == "would-promote" and result["backfill"] is True, result
+    assert result["champion_version"] == "1" and "judged against v1, the champion then" in result["reasons"][-1]
+    assert champion_now() == "1", "a backfill never moves @champion"
+    again = run_step("gate", "--run-key", "backfill-r2")
+    assert again["already_done"] and again["decision"] == "would-promote"
 
 
 def test_unloadable_champion_stops_the_evaluation(run_step, weak_champion, write_batch, ct_home) -> None:
@@ -163,7 +162,7 @@ def test_live_challenges_spend_the_reign_budget_and_a_move_starts_a_new_one(
         patch.setenv("CT_TRAIN__EPOCHS", "1")
         patch.setenv("CT_TRAIN__LR", "1e-6")
         candidate(run_step, "r2")
-        candidate(run_step, "backfill-r3")
+        candidate(run_step, "backfill-r3", "--replay", "r3")
     # r2's gate claims its challenge and is killed before it decides: its rerun decides at that level.
     lake = Lake.from_uri(load_settings().lake_uri)
     with promotion_lease(lake, "test (a gate killed after its claim)", lambda intent, lease: None) as lease:
@@ -175,7 +174,7 @@ def test_live_challenges_spend_the_reign_budget_and_a_move_starts_a_new_one(
     assert "challenge 1 of v1's reign: tested at alpha 0.00304" in " ".join(rejected["reasons"])
     assert run_step("gate", "--run-key", "r2")["spending"]["k"] == 1, "a rerun spends nothing more"
 
-    backfill = run_step("gate", "--run-key", "backfill-r3", "--backfill")
+    backfill = run_step("gate", "--run-key", "backfill-r3")
     assert backfill["spending"]["k"] == 2 and backfill["spending"]["consumed"] is False
     assert [c["run_key"] for c in reign_now()["challenges"]] == ["r2"], "backfills spend nothing"
 

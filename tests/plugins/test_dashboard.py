@@ -86,8 +86,8 @@ def test_the_pages_tell_the_story_of_promote_reject_rollback_and_quarantine(
              "--actor", "alice")  # fmt: skip
     write_batch("bad", 800, 50, extra_files={"images/11/odd.png": png_bytes(digits()[0][0])})
     assert run_step("ingest")["quarantined"][0]["batch_id"] == "bad"
-    candidate(run_step, "backfill__2026-01-05")  # a good candidate, replayed for a past day
-    assert run_step("gate", "--run-key", "backfill__2026-01-05", "--backfill")["decision"] == "reject"
+    candidate(run_step, "backfill__2026-01-05", "--replay", "r1")  # a good candidate, replayed for today
+    assert run_step("gate", "--run-key", "backfill__2026-01-05")["decision"] == "would-promote"
 
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -98,22 +98,26 @@ def test_the_pages_tell_the_story_of_promote_reject_rollback_and_quarantine(
     assert "v2 misreads sevens from camera B" in champion and "alice" in champion
 
     rows = table(page.text, "decisions")
-    assert [r[1].split()[0] for r in rows[1:]] == ["reject", "rollback", "promote", "reject", "promote"]
-    assert rows[1][1] == "reject backfill", "a backfill is marked as one"
+    assert [r[1].split()[0] for r in rows[1:]] == ["would-promote", "rollback", "promote", "reject", "promote"]
+    assert rows[1][1] == "would-promote backfill", "a backfill is marked as one"
     reject_row = rows[4]
     assert reject_row[2:4] == ["v2", "v1"] and "vs champion" in reject_row[4]
     assert re.fullmatch(r"[-+]\d+\.\d\d pts", reject_row[6]), reject_row  # Δ for people, not 16 digits
     assert re.fullmatch(r"< 0\.0001|\d\.\d{4}", reject_row[5]), reject_row
 
     only_rejects = table(client.get("/?decision=reject").text, "decisions")
-    assert [r[1].split()[0] for r in only_rejects[1:]] == ["reject", "reject"]
-    # Backfills apart: what each evaluated, and that it could not move the champion.
-    backfills = client.get("/?runs=backfill").text
-    assert 'id="backfill-note"' in backfills and "never moves" in backfills
-    [backfill] = table(backfills, "decisions")[1:]
-    assert backfill[4].startswith("backfill runs do not promote (the evidence said promote)"), backfill
-    assert re.search(r"evaluated on \d+ rows of b1, b2; @champion untouched", backfill[4]), backfill
+    assert [r[1].split()[0] for r in only_rejects[1:]] == ["reject"]
     assert len(table(client.get("/?runs=live").text, "decisions")) == 5
+    # Backfills apart, beside live, day by day: every run with its decision, the skips too.
+    moved = client.get("/?runs=backfill", follow_redirects=False)
+    assert moved.status_code == 303 and moved.headers["location"] == "/ct/backfill"
+    backfills = client.get("/backfill").text
+    assert 'id="backfill-note"' in backfills and "never moves" in backfills
+    [header, today] = table(backfills, "replay-days")
+    assert header[:2] == ["day", "live"] and header[2].startswith("replay r1")
+    assert today[1].startswith("promote") and "reject" in today[1], today  # r1's first model, then r2's reject
+    assert today[2].startswith("would-promote v3 vs v1"), today
+    assert "decided otherwise than live on <strong>1 of 1</strong> days" in backfills
 
     # One decision's page: checks as pass/fail rows, the per-class table, the power sentence, links.
     reject_id = overview.decision_id(lake.read_json(layout.report(layout.RETRAIN_DAG, "r2", "gate.json")))

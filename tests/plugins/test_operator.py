@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
@@ -62,22 +65,45 @@ def test_backfill_runs_are_recognised() -> None:
     assert not is_backfill({"run_id": "scheduled__2026-01-01T03:00:00+00:00"})
 
 
+BACKFILL_RUN = {"run_id": "backfill__2026-01-01T03:00:00+00:00", "logical_date": datetime(2026, 1, 1, 3, tzinfo=UTC)}
+
+
+def _key(step: str, context: dict) -> str:
+    args = CtStepOperator(task_id=step, step=step).command_args(context)
+    return args[args.index("--run-key") + 1]
+
+
+def test_a_backfill_run_is_a_replay_keyed_by_what_it_decides_with(ct_home) -> None:
+    plain = {**BACKFILL_RUN, "params": {}}
+    key = _key("gate", plain)
+    assert key.startswith("backfill__2026-01-01T03-00-00-00-00.") and _key("drift", plain) == key
+    assert _key("gate", plain) == key, "a retry of the same attempt keeps its key (and its records)"
+    forced = _key("gate", {**BACKFILL_RUN, "params": {"force_retrain": True}})
+    margin = _key("gate", {**BACKFILL_RUN, "params": {"settings": {"gate": {"margin": 0.02}}}})
+    assert len({key, forced, margin}) == 3, "a new conf is a new attempt, recorded beside the earlier one"
+    # A live run that a backfill reprocesses keeps its Airflow id, but not its live records.
+    converted = {"run_id": "scheduled__2026-01-01T03:00:00+00:00", "logical_date": BACKFILL_RUN["logical_date"],
+                 "dag_run": SimpleNamespace(run_type="backfill"), "params": {}}  # fmt: skip
+    assert _key("gate", converted) == key
+    live = {"run_id": "scheduled__2026-01-01T03:00:00+00:00", "params": {}}
+    assert _key("gate", live) == "scheduled__2026-01-01T03-00-00-00-00"
+    drift = CtStepOperator(task_id="drift", step="drift").command_args({**BACKFILL_RUN, "params": {}})
+    assert drift[-2:] == ["--replay", key.rsplit(".", 1)[1]] and "--as-of" in drift
+
+
 @pytest.mark.parametrize(
-    ("run_id", "params", "extra"),
-    [
-        ("scheduled__2026-01-01T03:00:00+00:00", {}, []),
-        ("backfill__2026-01-01T03:00:00+00:00", {}, ["--backfill"]),
-        (
-            "backfill__2026-01-01T03:00:00+00:00",
-            {"allow_backfill_promote": True},
-            ["--backfill", "--allow-backfill-promote"],
-        ),
-    ],
-    ids=["scheduled", "backfill", "backfill-allowed"],
-)
-def test_gate_arguments_for_backfill_runs(run_id: str, params: dict, extra: list[str]) -> None:
-    args = CtStepOperator(task_id="gate", step="gate").command_args({"run_id": run_id, "params": params})
-    assert args == ["gate", "--run-key", run_key_from_run_id(run_id), *extra]
+    ("run", "overrides", "message"),
+    [(BACKFILL_RUN, {"gate": {"margn": 0.1}}, "gate.margn"),
+     (BACKFILL_RUN, {"gate": {"margin": "lots"}}, "gate.margin"),
+     (BACKFILL_RUN, {"labels": ["a", "b"]}, "may change only policy, gate, drift, train"),
+     ({"run_id": "manual__x"}, {"gate": {"margin": 0.1}}, "apply only to backfill runs")],
+    ids=["unknown-key", "bad-value", "not-a-replay-section", "live-run"],
+)  # fmt: skip
+def test_bad_settings_overrides_fail_the_task_at_once(ct_home, run: dict, overrides: dict, message: str) -> None:
+    from ct_airflow.operators.step import StepRefused
+
+    with pytest.raises(StepRefused, match=message):  # an AirflowFailException: no retries
+        CtStepOperator(task_id="drift", step="drift").execute({**run, "params": {"settings": overrides}})
 
 
 @pytest.mark.parametrize(
@@ -115,16 +141,6 @@ def test_refused_batch_ids_fail_without_retries(ct_home) -> None:
         CtStepOperator(task_id="ingest", step="ingest").execute(
             {"run_id": "manual__x", "params": {"batch_ids": ["../etc"]}}
         )
-
-
-def test_backfill_runs_never_write_live_policy_memory() -> None:
-    backfill = CtStepOperator(task_id="decide", step="decide").command_args(
-        {"run_id": "backfill__2026-01-01T03:00:00+00:00", "params": {}}
-    )
-    live = CtStepOperator(task_id="decide", step="decide").command_args(
-        {"run_id": "scheduled__2026-01-01T03:00:00+00:00", "params": {}}
-    )
-    assert backfill[-1] == "--backfill" and "--backfill" not in live
 
 
 class _Lines:

@@ -116,28 +116,40 @@ def test_only_configured_steps_get_a_gpu(kube_settings, cluster, task_context, s
     assert limits["memory"] == "16Gi"
 
 
+def _replay_key(overrides: dict) -> str:
+    from ml.config import apply_overrides, decision_digest, load_settings
+
+    return f"backfill__2026-01-01T03-00-00-00-00.{decision_digest(apply_overrides(load_settings(), overrides))}"
+
+
+MARGIN = {"gate": {"margin": 0.01}}
+
+
 @pytest.mark.parametrize(
     ("step", "run_id", "params", "expected"),
     [
-        ("gate", "backfill__2026-01-01T03:00:00+00:00", {"allow_backfill_promote": True},
-         ["gate", "--run-key", "backfill__2026-01-01T03-00-00-00-00", "--backfill", "--allow-backfill-promote"]),
-        ("decide", RUN_ID, {}, ["decide", "--run-key", RUN_KEY, "--as-of", "2026-01-01T03:00:00+00:00"]),
-        ("ingest", "manual__x", {"batch_ids": ["b1", "b2"]}, ["ingest", "--batch-id", "b1", "--batch-id", "b2"]),
+        ("gate", "backfill__2026-01-01T03:00:00+00:00", {"settings": MARGIN},
+         lambda: ["gate", "--run-key", _replay_key(MARGIN), "--settings", json.dumps(MARGIN)]),
+        ("drift", "backfill__2026-01-01T03:00:00+00:00", {},
+         lambda: ["drift", "--run-key", _replay_key({}), "--as-of", "2026-01-01T03:00:00+00:00",
+                  "--replay", _replay_key({}).rsplit(".", 1)[1]]),
+        ("drift", RUN_ID, {}, lambda: ["drift", "--run-key", RUN_KEY, "--as-of", "2026-01-01T03:00:00+00:00"]),
+        ("ingest", "manual__x", {"batch_ids": ["b1", "b2"]}, lambda: ["ingest", "--batch-id", "b1", "--batch-id", "b2"]),
         (OVERRIDE_STEP, "manual__x", {"action": "promote", "version": "5", "reason": "the gate was misconfigured"},
-         ["promote", "--version", "5", "--reason", "the gate was misconfigured", "--run-key", "manual__x",
-          "--actor", "airflow"]),
+         lambda: ["promote", "--version", "5", "--reason", "the gate was misconfigured", "--run-key", "manual__x",
+                  "--actor", "airflow", "--as-of", "2026-01-01T03:00:00+00:00"]),
     ],
-    ids=["backfill-gate", "decide-as-of", "ingest-batches", "forced-promotion"],
+    ids=["backfill-gate-overrides", "backfill-drift", "drift-as-of", "ingest-batches", "forced-promotion"],
 )  # fmt: skip
 def test_pod_arguments_are_the_local_runners(
     kube_settings, cluster, task_context, step, run_id, params, expected
 ) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
-    context = task_context(step, run_id=run_id, params=params, data_interval_end=datetime(2026, 1, 1, 3, tzinfo=UTC))
+    context = task_context(step, run_id=run_id, params=params, logical_date=datetime(2026, 1, 1, 3, tzinfo=UTC))
     manifest = build_pod(ct_step(task_id=step, step=step), context)
-    assert manifest["spec"]["containers"][0]["args"] == expected
-    assert CtStepOperator(task_id=step, step=step).command_args(context) == expected
+    assert manifest["spec"]["containers"][0]["args"] == expected()
+    assert CtStepOperator(task_id=step, step=step).command_args(context) == expected()
 
 
 def test_the_sidecar_image_falls_back_to_the_connection(kube_settings, cluster, task_context, monkeypatch) -> None:

@@ -169,7 +169,7 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         if context is not None:
-            # Run key, --as-of, --backfill, batch ids: from the run, exactly as the local runner computes them.
+            # Run key, --as-of, --replay, --settings, batch ids: from the run, exactly as the local runner computes them.
             self.arguments = self.command_args(context)
         # Added here, not in __init__: env_vars is a rendered template field, and the serialized DAG needs no copy.
         env = [e for e in self.env_vars if getattr(e, "name", None) != "CT_CONFIG_JSON"]

@@ -13,7 +13,7 @@ changes between the embedded, compose and Kubernetes profiles:
   imported only under this runner.
 
 Whichever runner runs it, a step means the same (:class:`StepMixin`): its arguments come from the
-run's context (run key, ``--as-of``, ``--backfill``, batch ids, ``ct_ops`` Params), and its result
+run's context (run key or replay key, ``--as-of``, ``--replay``, ``--settings``, batch ids, ``ct_ops`` Params), and its result
 maps to the same task outcome. A step that prints ``{"skip": reason}`` makes the task *skipped*
 with that reason, not failed. A failure keeps its kind (the step's exit code, :mod:`ml.errors`): a
 service that did not answer (75) fails the try so that Airflow retries it with backoff; refused
@@ -30,19 +30,22 @@ import sys
 import textwrap
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from ct_airflow.runkey import is_backfill, run_key, run_time, triggering_batch_ids
+from ct_airflow.runkey import is_backfill, replay_run_key, run_key, run_time, triggering_batch_ids
 from ct_airflow.ui.links import MlflowModelLink, ReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 RUN_KEY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate", "approval", "rollback", "promote"})
+#: The steps a backfill replays: they share the run's replay key and its settings overrides.
+REPLAY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate"})
 #: ``ct_ops``: a rollback or a forced promotion, chosen by the run's Params (``action``, ``version``, ``reason``).
 OVERRIDE_STEP = "override"
 STEPS = RUN_KEY_STEPS | {"ingest", OVERRIDE_STEP}
@@ -116,23 +119,51 @@ def command_args(step: str, step_args: Sequence[Any], context: Mapping[str, Any]
     args = [step, *(str(a) for a in step_args if str(a).strip())]
     if step == "approval":
         args += answer_args(context)
+    replay = replay_of(context) if step in REPLAY_STEPS else None
     if step in RUN_KEY_STEPS:
-        args += ["--run-key", run_key(context)]
-    if step == "decide" and (as_of := run_time(context)):
-        args += ["--as-of", as_of]  # the policy's clock is the run's time, not the wall clock
-    if step == "decide" and is_backfill(context):
-        args.append("--backfill")  # a run about the past never writes the live policy memory
-    if step == "gate" and is_backfill(context):
-        # Backfills evaluate and record; they move @champion only when the run asks for it.
-        args.append("--backfill")
-        if (context.get("params") or {}).get("allow_backfill_promote"):
-            args.append("--allow-backfill-promote")
+        args += ["--run-key", replay_run_key(context, replay.id) if replay else run_key(context)]
+    if replay and replay.overrides:
+        args += ["--settings", json.dumps(replay.overrides, sort_keys=True)]  # every step decides with them
+    if step == "drift" and (as_of := run_time(context)):
+        args += ["--as-of", as_of]  # the run sees the world as of its time: data, champion, policy memory
+    if step == "drift" and replay:
+        args += ["--replay", replay.id]  # a backfill: the world from the history; nothing live moves
     if step == "ingest":
         # The batch ids of the asset events (or Params) that started the run; none: every pending batch.
         params = context.get("params") or {}
         for batch_id in triggering_batch_ids(context) or list(params.get("batch_ids") or []):
             args += ["--batch-id", batch_id]
     return args
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A backfill run's replay: its id (the digest of what it decides with) and its settings overrides."""
+
+    id: str
+    overrides: dict[str, Any]
+
+
+def replay_of(context: Mapping[str, Any]) -> Replay | None:
+    """The replay a backfill run belongs to, with its overrides validated like ``ct.yaml``; None for a live run.
+
+    Refused at once (no retries): overrides on a live run, and overrides that do not validate.
+    """
+    from ml.config import apply_overrides, decision_digest, load_settings
+    from ml.errors import ConfigError
+
+    params = context.get("params") or {}
+    overrides = params.get("settings") or {}
+    if not is_backfill(context):
+        if overrides:
+            raise StepRefused("`settings` overrides apply only to backfill runs (a replay of the past); "
+                              "for live runs change ct.yaml or the CT_* environment")  # fmt: skip
+        return None
+    try:
+        settings = apply_overrides(load_settings(), overrides)
+    except ConfigError as exc:
+        raise StepRefused(f"this backfill's settings were refused: {exc}") from exc
+    return Replay(decision_digest(settings, bool(params.get("force_retrain"))), dict(overrides))
 
 
 def answer_args(context: Mapping[str, Any]) -> list[str]:
@@ -180,6 +211,7 @@ def override_args(context: Mapping[str, Any]) -> list[str]:
         run_key(context),
         "--actor",
         actor,
+        *(["--as-of", as_of] if (as_of := run_time(context)) else []),  # its place in ct's history
     ]
 
 

@@ -103,7 +103,8 @@ class Links:
         return f"{self.mlflow_ui.rstrip('/')}/#/models/{quote(self.model_name)}/versions/{quote(str(version))}"
 
     def run(self, dag_id: str, run_key: str) -> str:
-        run_id = self.run_ids.get((dag_id, run_key))
+        # A backfill's key is its run's key plus its replay's id (ct_airflow.runkey.replay_run_key).
+        run_id = self.run_ids.get((dag_id, run_key)) or self.run_ids.get((dag_id, run_key.rsplit(".", 1)[0]))
         if run_id is None:
             return f"/dags/{quote(dag_id)}/runs"
         return f"/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
@@ -164,10 +165,26 @@ def create_app() -> FastAPI:
     app = FastAPI(title="ct", dependencies=[Depends(get_user)])
     base = WEBAPP_PREFIX
 
-    @app.get("/", response_class=HTMLResponse)
-    def overview(decision: str = "", runs: str = "all") -> HTMLResponse:
+    @app.get("/backfill", response_class=HTMLResponse)
+    def backfill_page() -> HTMLResponse:
+        from ml import layout
         from ml import overview as data
-        from ml.release.promote import read_history
+        from ml.release.history import read_history
+
+        settings = _settings()
+        lake = _lake(settings)
+        records, _ = read_history(lake)
+        view = data.replay_view(lake, records)
+        return _html(render.page("backfill.html", title="Backfill", active="backfill", base=base,
+                                 days=view["days"], replays=view["replays"],
+                                 links=_links(settings, {layout.RETRAIN_DAG})))  # fmt: skip
+
+    @app.get("/", response_class=HTMLResponse, response_model=None)
+    def overview(decision: str = "", runs: str = "all") -> HTMLResponse | RedirectResponse:
+        if runs == "backfill":  # every backfill run, skips too, beside live: the replay view
+            return RedirectResponse(f"{base}/backfill", status_code=303)
+        from ml import overview as data
+        from ml.release.history import read_history
 
         settings = _settings()
         records, problems = read_history(_lake(settings))  # once: on S3 every record is a GET
@@ -217,7 +234,7 @@ def create_app() -> FastAPI:
                                  data=data.data_status(_lake(settings)), links=_links(settings, set())))  # fmt: skip
 
     def actions_page(request: Request, status: int = 200, **form: Any) -> HTMLResponse:
-        from ml.release.promote import read_history
+        from ml.release.history import read_history
 
         settings = _settings()
         lake = _lake(settings)
@@ -298,7 +315,7 @@ def create_app() -> FastAPI:
     @app.get("/decisions")
     def list_decisions(response: Response, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first. An unreadable record is skipped and named in ``X-Ct-Unreadable`` (and the log)."""
-        from ml.release.promote import read_history
+        from ml.release.history import read_history
 
         records, problems = read_history(_lake(_settings()), limit)
         if problems:
