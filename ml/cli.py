@@ -77,6 +77,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _refuse_live_overrides(args: argparse.Namespace, lake: Lake) -> None:
+    """Settings overrides are a replay's: a live run decides with ct.yaml, which its records can name."""
+    from ml.data.window import load_window
+
+    replay = args.replay if args.step == "drift" else load_window(lake, args.run_key).backfill
+    if not replay:
+        raise UsageError("--settings applies only to a backfill's replay (drift --replay); a live run decides with "
+                         "ct.yaml and the CT_* environment")  # fmt: skip
+
+
 def step_ingest(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
     from ml.data.ingest import ingest_many
 
@@ -94,6 +104,8 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
     from ml.release.promote import ACCURACY_TAG
     from ml.release.world import live_world, world_at
 
+    if args.replay and args.as_of is None:
+        raise UsageError("drift --replay needs --as-of: the moment the backfill replays")
     as_of = _run_time(args) or time.time()
     world = partial(world_at, settings, lake, as_of) if args.replay else partial(live_world, settings, lake)
     window = plan_window(lake, settings, args.run_key, world, as_of=as_of, replay=args.replay)
@@ -136,16 +148,15 @@ def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dic
         age_days = None
         if window.champion_version is not None and settings.policy.max_model_age_days is not None:
             age_days = champion_age_days(settings, window.champion_version, as_of)
-        if window.backfill:
-            state, _ = policy.state_at(lake, as_of)  # the memory of the run's time, never today's
+        if window.backfill:  # the memory of the run's time, as its window pinned it; never today's
+            state = policy.PolicyState.from_dict((window.sources.get("policy") or {}).get("state") or {})
             policy.describe_replay(lake, window, args.settings_overrides, args.force)
         else:
             state = policy.load_state(lake)
         decision, new_state = policy.decide(window, drift, settings.policy, state, as_of, age_days, force=args.force)
         recorded = policy.record_decision(lake, window, decision, state, new_state, as_of, backfill=window.backfill)
     else:
-        policy.apply_state(lake, recorded)  # finish what a killed attempt committed but did not apply
-        policy.log_run(lake, recorded)
+        policy.settle(lake, recorded)  # finish what a killed attempt committed but did not apply
     log.info("decide %s: %s", args.run_key, recorded["summary"])
     if not recorded["retrain"]:
         return {"skip": recorded["summary"], **recorded}
@@ -257,8 +268,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         if name == "drift":
             step.add_argument("--as-of", type=_when, help="the time the run stands for (ISO 8601 with a zone); "
                               "it sees only the data available then. Default: now")  # fmt: skip
-            step.add_argument("--replay", type=_checked_id, help="a backfill run, and its replay's id: the world as "
-                              "of --as-of from the history; never moves @champion, spends no alpha, keeps no memory")  # fmt: skip
+            step.add_argument("--replay", type=_checked_id, help="a backfill run, and its replay's id: only the data "
+                              "available at --as-of, the champion and policy memory of then (from the history); "
+                              "never moves @champion, spends no alpha, keeps no memory. Without it the run is live: "
+                              "today's @champion and memory, all curated data but what producers dated later")  # fmt: skip
         if name == "decide":
             step.add_argument("--force", action="store_true", help="retrain whatever the policy says")
     for name, target, text in [("rollback", "--to", "point @champion back at an earlier version"),
@@ -305,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
         # A backfill's overrides apply to every step of its run, validated like ct.yaml (exit 2 if not valid).
-        settings = apply_overrides(load_settings(), getattr(args, "settings_overrides", None))
+        settings = load_settings()
         lake = Lake.from_uri(settings.lake_uri)
+        if getattr(args, "settings_overrides", None):
+            _refuse_live_overrides(args, lake)
+            settings = apply_overrides(settings, args.settings_overrides)
         result = STEPS[args.step](args, settings, lake)
     except CtError as exc:
         if isinstance(exc, NothingToDo):

@@ -104,4 +104,5 @@ REPLAYS = "replays"
 
 def time_stamp(epoch: float) -> str:
     """A sortable UTC stamp with microseconds, ``20260103T030000.000000``: keys named by it list in time order."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(epoch)) + f".{round(epoch * 1e6) % 1_000_000:06d}"
+    seconds, micros = divmod(round(epoch * 1e6), 1_000_000)  # rounding up to a whole second carries into it
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)) + f".{micros:06d}"

@@ -255,7 +255,8 @@ def replay_view(lake: Lake, records: list[dict[str, Any]], runs: int = REPLAY_RU
 
     ``records`` is the decision history; a run's gate (or, for a live one, its approval's answer) is
     its outcome, and a run that skipped is listed with its reason. Each replay says on how many of
-    its days it decided otherwise than live ct.
+    its days it decided otherwise than live ct: what its day ended with against what live ct's last
+    run of that day decided (a would-promote counts as a promote).
     """
     gates: dict[str, dict[str, Any]] = {}
     for record in records:  # in decision order: a live run's approval answer replaces its pending gate
@@ -263,7 +264,7 @@ def replay_view(lake: Lake, records: list[dict[str, Any]], runs: int = REPLAY_RU
             gates[record["run_key"]] = record
     days: dict[str, dict[str, list[dict[str, Any]]]] = {}
     replays: dict[str, dict[str, Any]] = {}
-    for key in lake.list_keys(layout.state(layout.RUNS))[-runs:]:
+    for key in _newest_per_column(lake.list_keys(layout.state(layout.RUNS)), runs):
         run = _read_optional(lake, key)
         if run is None or "run_key" not in run:
             continue
@@ -287,6 +288,17 @@ def replay_view(lake: Lake, records: list[dict[str, Any]], runs: int = REPLAY_RU
         replay["days"] = sorted(replay["days"])
     ordered = sorted(replays.values(), key=lambda r: (r["days"][0] if r["days"] else "", r["id"]))
     return {"days": dict(sorted(days.items(), reverse=True)), "replays": ordered}
+
+
+def _newest_per_column(keys: list[str], runs: int) -> list[str]:
+    """The newest ``runs`` keys of ``state/runs/`` for live and for each replay (by name: time, kind, run key)."""
+    stamp = len(layout.time_stamp(0))
+    columns: dict[str, list[str]] = {}
+    for key in keys:
+        name = key.rsplit("/", 1)[-1].removesuffix(".json")
+        kind, _, run_key = name[stamp + 1 :].partition("-")
+        columns.setdefault("live" if kind == "live" else run_key.rsplit(".", 1)[-1], []).append(key)
+    return sorted(k for column in columns.values() for k in column[-runs:])
 
 
 def _decisions(entries: list[dict[str, Any]]) -> str:

@@ -13,9 +13,9 @@ than the ingest time (a producer's clock ahead) counts as the ingest time.
 
 * A **backfill** run at ``T`` sees a batch when that time is at or before ``T``.
 * A **live** run sees every batch curated when it plans its window, except one that its producer
-  dated after ``T`` (a history landed at once, replayed day by day). It never hides a batch for its
-  ingest time alone, so no clock skew between the ingest and the scheduler can hold back the batch
-  that triggered it.
+  dated after ``T`` (a history landed at once, run day by day). It never holds a batch back for
+  the moment ct curated it, so a batch without a stated event time reaches the run it triggered
+  whatever the clocks of the ingest worker and the scheduler say.
 
 Batches curated before ct recorded these times have neither and count as always available.
 """

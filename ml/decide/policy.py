@@ -169,9 +169,15 @@ def record_decision(
               "champion_version": window.champion_version, "state_revision": state.revision,
               "state_before": _state_dict(state), "state_after": None if backfill else _state_dict(new_state)}  # fmt: skip
     lake.write_json(key, record)  # the commit point
-    apply_state(lake, record)
-    log_run(lake, record)
+    settle(lake, record)
     return {**record, "decision_uri": lake.uri(key)}
+
+
+def settle(lake: Lake, record: dict[str, Any]) -> None:
+    """After the commit point (and on every rerun): apply the memory, then log the run, saying if it applied."""
+    wrote = apply_state(lake, record)
+    applied = wrote or (record.get("state_after") is not None and load_state(lake).updated_by == record["run_key"])
+    log_run(lake, {**record, "applied": applied})
 
 
 def run_log_key(record: dict[str, Any]) -> str:
@@ -194,19 +200,26 @@ def run_log(lake: Lake) -> list[str]:
 def state_at(lake: Lake, as_of: float) -> tuple[PolicyState, dict[str, Any]]:
     """The live policy memory as it was just before ``as_of``, and where it came from.
 
-    It is the memory the last live decision before ``as_of`` produced (``state/runs/``): a backfill
-    decides with what live ct knew then, not with today's ``state/policy.json``.
+    It is the memory that the last live decision to take effect before ``as_of`` wrote (``state/runs/``):
+    a backfill decides with what live ct knew then, never with today's ``state/policy.json``. The
+    memory changed in the order decisions were applied (their revisions), so that is the order used;
+    a decision takes effect at its run's time or at the previous one's if that is later (as
+    :func:`ml.release.history.effective_times` does for moves). Decisions whose memory was refused
+    (the revision had moved) never were the memory, and are skipped.
     """
-    cutoff = layout.time_stamp(as_of)
-    names = {k: k.rsplit("/", 1)[-1] for k in run_log(lake)}
-    stamp = len(cutoff)
-    live = [k for k, name in names.items() if name[stamp : stamp + 6] == "-live-" and name[:stamp] < cutoff]
-    if not live:
+    stamp = len(layout.time_stamp(as_of))
+    keys = [k for k in run_log(lake) if k.rsplit("/", 1)[-1][stamp : stamp + 6] == "-live-"]
+    applied = [r for r in (lake.read_json(k) for k in keys) if r.get("applied", True) and r.get("state_after")]
+    latest, found = float("-inf"), None
+    for record in sorted(applied, key=lambda r: (int(r.get("state_revision") or 0), float(r["as_of"]))):
+        latest = max(latest, float(record["as_of"]))
+        if latest < as_of:
+            found = record
+    if found is None:
         return PolicyState(), {"source": "no live retrain decision before this time in state/runs/: empty memory",
                                "state": _state_dict(PolicyState())}  # fmt: skip
-    record = lake.read_json(live[-1])
-    state = PolicyState.from_dict(record.get("state_after") or {})
-    return state, {"source": f"state/runs/: the memory after live run {record['run_key']}", "key": live[-1],
+    state = PolicyState.from_dict(found["state_after"])
+    return state, {"source": f"state/runs/: the memory after live run {found['run_key']}", "key": run_log_key(found),
                    "state": _state_dict(state)}  # fmt: skip
 
 

@@ -3,8 +3,9 @@
 Every decision (a gate, an approval, a rollback, a forced promotion) is written here once, under a
 key derived from the record, so an append after a kill cannot make a second entry. Each record
 carries ``as_of``, the time its run stands for (a run's logical date; the wall clock for a command
-typed now), beside ``decided_at``, when it was computed. Live ct decides at its run's time, so the two
-agree; a history replayed from the past (a test, a migration) keeps its own clock in ``as_of``.
+typed now), beside ``decided_at``, when it was computed. The two differ: a run decides after its
+time (training takes hours), and a run may be triggered for a past date. :func:`effective_times`
+reconciles them: the real order, on the runs' clock.
 
 :func:`champion_at` and :func:`challenges_at` answer "who was champion at T, and how often had it
 been challenged?" from the live records alone: what a backfill replays against.
@@ -78,15 +79,25 @@ def history(lake: Lake, limit: int | None = None) -> list[dict[str, Any]]:
 
 # -- the past, as the live records tell it ----------------------------------------------------
 def effective_at(record: dict[str, Any]) -> float:
-    """The time a decision took effect: its run's time (``as_of``), else when it was made (older records)."""
+    """The time a decision says it belongs to: its run's time (``as_of``), else when it was made (older records)."""
     as_of = record.get("as_of")
     return float(as_of if as_of is not None else record["decided_at"])
 
 
-def _live(records: list[dict[str, Any]], before: float) -> list[dict[str, Any]]:
-    """Live decisions that took effect strictly before ``before``, in the order they took effect."""
-    live = [r for r in records if not r.get("backfill") and effective_at(r) < before]
-    return sorted(live, key=lambda r: (effective_at(r), float(r["decided_at"])))
+def effective_times(records: list[dict[str, Any]]) -> list[tuple[float, dict[str, Any]]]:
+    """Live decisions in the order they were made, each with the time it took effect.
+
+    The alias moved in the order decisions were made (``decided_at``, taken under the lease), which is
+    not always the order of their runs' times: a run triggered with a past logical date, or a 03:00 run
+    whose gate comes after a 05:00 rollback. So a decision takes effect at its run's time, or at the
+    previous decision's if that is later: the times never go back, and the order is the real one.
+    """
+    live = sorted((r for r in records if not r.get("backfill")), key=lambda r: float(r["decided_at"]))
+    timed, latest = [], float("-inf")
+    for record in live:
+        latest = max(latest, effective_at(record))
+        timed.append((latest, record))
+    return timed
 
 
 def champion_at(records: list[dict[str, Any]], as_of: float) -> dict[str, Any]:
@@ -95,17 +106,17 @@ def champion_at(records: list[dict[str, Any]], as_of: float) -> dict[str, Any]:
     Only live moves count (promotions, approved promotions, rollbacks, forced promotions); a version
     that no move had installed by then means no champion, as for a first model.
     """
-    moves = [r for r in _live(records, as_of) if r["decision"] in MOVES]
+    moves = [(at, r) for at, r in effective_times(records) if at < as_of and r["decision"] in MOVES]
     if not moves:
         return {"version": None, "source": "no live move of @champion before this time in the decision history",
                 "decision": None, "since": None}  # fmt: skip
-    last = moves[-1]
+    since, last = moves[-1]
     return {
         "version": str(last["candidate_version"]),
         "source": f"decision history: {last['decision']} by the {last['kind']} of run {last['run_key']}, "
-        f"effective {iso(effective_at(last))}",
+        f"effective {iso(since)}",
         "decision": decision_id(last),
-        "since": effective_at(last),
+        "since": since,
     }
 
 
@@ -113,9 +124,12 @@ def challenges_at(records: list[dict[str, Any]], champion: dict[str, Any], as_of
     """How many live gates had challenged ``champion`` (from :func:`champion_at`) in its reign before ``as_of``."""
     if champion["version"] is None:
         return 0
-    since = float(champion["since"])
+    timed = effective_times(records)
+    installed = next((i for i, (_, r) in enumerate(timed) if decision_id(r) == champion["decision"]), None)
+    if installed is None:
+        return 0
     return sum(
-        1 for r in _live(records, as_of)
-        if r.get("kind") == "gate" and str(r.get("champion_version")) == champion["version"] and effective_at(r) >= since
+        1 for at, r in timed[installed + 1 :]
+        if at < as_of and r.get("kind") == "gate" and str(r.get("champion_version")) == champion["version"]
         and r.get("spending") is not None
     )  # fmt: skip

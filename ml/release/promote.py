@@ -34,10 +34,18 @@ from ml.config import Settings
 from ml.data.availability import iso
 from ml.data.window import Window, load_window
 from ml.decide import gate, reign
-from ml.errors import ChampionChanged, CtError
+from ml.errors import ChampionChanged, CtError, UsageError
 from ml.learn.evaluate import eval_key, rescore_champion
 from ml.release import registry
-from ml.release.history import MOVES, append_history, challenges_at, decision_id, history_key, read_history
+from ml.release.history import (
+    MOVES,
+    append_history,
+    challenges_at,
+    decision_id,
+    effective_at,
+    history_key,
+    read_history,
+)
 from ml.release.lease import Lease, promotion_lease
 from ml.storage import Lake
 
@@ -58,6 +66,8 @@ WOULD_REJECT = "would-reject"
 EXPIRED = "expired"
 ANSWERS = ("approve", "reject", EXPIRED)
 RECORD_NAMES = {"gate": "gate.json", "approval": "approval.json"}
+#: How far ahead of this machine's clock an override's time may be (another machine's clock may lead).
+FUTURE_SLACK_S = 300
 
 
 def gate_key(dag_id: str, run_key: str, name: str = "gate.json") -> str:
@@ -434,6 +444,8 @@ def run_override(
         raise CtError(f"unknown action {action!r}; choose one of {list(OVERRIDES)}")
     if len(reason.strip()) < MIN_REASON_CHARS:
         raise CtError(f"a {action} needs a reason of at least {MIN_REASON_CHARS} characters; got {reason!r}")
+    if as_of is not None and as_of > time.time() + FUTURE_SLACK_S:
+        raise UsageError(f"--as-of {iso(as_of)} is in the future: a {action} takes effect now or at a past moment")
     key = gate_key(layout.OPS_DAG, run_key, "decision.json")
     mlflow_client = registry.client(settings)
     if lake.exists(key):
@@ -472,10 +484,6 @@ def run_override(
     return _result(lake, record, already_done=False)
 
 
-def _gate_time(record: dict[str, Any]) -> float:
-    return float(record["as_of"] if record.get("as_of") is not None else record["decided_at"])
-
-
 def run_approval(lake: Lake, settings: Settings, run_key: str, answer: str, by: str | None, comment: str = "",
                  dag_id: str = layout.RETRAIN_DAG) -> dict[str, Any]:  # fmt: skip
     """Settle a pending gate decision with an approver's answer: ``approve``, ``reject`` or ``expired``.
@@ -508,7 +516,7 @@ def run_approval(lake: Lake, settings: Settings, run_key: str, answer: str, by: 
         "kind": "approval",
         "decided_at": time.time(),
         # It takes effect as long after the gate's run time as the approver took to answer.
-        "as_of": _gate_time(pending) + (time.time() - float(pending["decided_at"])),
+        "as_of": effective_at(pending) + (time.time() - float(pending["decided_at"])),
         "decision": "promote" if answer == "approve" else "reject" if answer == "reject" else EXPIRED,
         "reasons": [first, *pending["reasons"][1:]],  # the gate's own reasons, without "waiting for an approver"
         "actor": by,

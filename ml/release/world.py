@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from ml.config import Settings
-from ml.data.window import World, considered_batches, trained_batches
+from ml.data.window import World, trained_batches
 from ml.decide.policy import load_state, state_at
 from ml.release import registry
 from ml.release.history import champion_at, read_history
@@ -31,7 +31,7 @@ def live_world(settings: Settings, lake: Lake) -> World:
         champion_version=version,
         reference_batches=reference,
         champion_source={"version": version, "source": f"@{registry.CHAMPION} in MLflow's registry (live)"},
-        considered_batches=considered_batches(lake),
+        considered_batches=set(state.considered_batches),
         policy_source={"source": f"state/policy.json revision {state.revision} (live)", "revision": state.revision},
     )
 

@@ -127,12 +127,23 @@ def test_a_rerun_with_new_settings_is_a_new_attempt_and_bad_settings_are_refused
     replay = lake.read_json(layout.state("replays/b.json"))
     assert replay["settings"] == {"policy": {"min_new_images": 10_000}}
 
-    unknown = run_step("drift", "--run-key", "backfill__day3.c", "--settings", '{"gate": {"margn": 0.1}}')
+    def replay_drift(overrides: str, *flags: str) -> dict:
+        return run_step("drift", "--run-key", "backfill__day3.c", "--as-of", at(3, 3), *flags, "--settings", overrides)
+
+    unknown = replay_drift('{"gate": {"margn": 0.1}}', "--replay", "c")
     assert unknown["error_type"] == "ConfigError" and "gate.margn" in unknown["error"]
-    bad = run_step("drift", "--run-key", "backfill__day3.c", "--settings", '{"gate": {"margin": "lots"}}')
+    bad = replay_drift('{"gate": {"margin": "lots"}}', "--replay", "c")
     assert bad["error_type"] == "ConfigError" and "gate.margin" in bad["error"]
-    outside = run_step("drift", "--run-key", "backfill__day3.c", "--settings", '{"lake_uri": "file:///elsewhere"}')
+    outside = replay_drift('{"lake_uri": "file:///elsewhere"}', "--replay", "c")
     assert "may change only policy, gate, drift, train" in outside["error"]
+    live = replay_drift('{"gate": {"margin": 0.1}}')
+    assert live["error_type"] == "UsageError" and "only to a backfill's replay" in live["error"]
+    no_time = run_step("drift", "--run-key", "backfill__day3.c", "--replay", "c")
+    assert "drift --replay needs --as-of" in no_time["error"]
+    ahead = run_step(
+        "rollback", "--to", "1", "--reason", "a rollback dated next century", "--as-of", "2099-01-01T00:00Z"
+    )
+    assert ahead["error_type"] == "UsageError" and "is in the future" in ahead["error"]
     assert not lake.exists(layout.report(layout.RETRAIN_DAG, "backfill__day3.c", "window.json"))
 
 
@@ -166,3 +177,27 @@ def test_a_live_run_sees_what_was_curated_a_backfill_only_what_was_available(lak
     times = available_batches(lake, batches, epoch(4, 3), "event").to_dict()
     assert times["available"]["stated"]["source"] == "event_time"
     assert times["not_yet_available"]["unstated"]["source"] == "ingested"
+
+
+def test_the_past_champion_follows_the_order_decisions_were_made() -> None:
+    from ml.release.history import challenges_at, champion_at
+
+    def record(kind: str, decision: str, version: str, champion: str | None, as_of: float, decided: float) -> dict:
+        return {"kind": kind, "decision": decision, "candidate_version": version, "champion_version": champion,
+                "run_key": f"{kind}-{version}-{decided}", "as_of": as_of, "decided_at": decided,
+                "spending": {"k": 1} if kind == "gate" and champion else None}  # fmt: skip
+
+    hour = 3600.0
+    records = [
+        record("gate", "promote", "1", None, 1 * hour, 1 * hour),
+        record("rollback", "rollback", "2", "1", 5 * hour, 5 * hour),  # v2 is put back at 05:00 ...
+        record("gate", "promote", "5", "2", 3 * hour, 6 * hour),  # ... while the 03:00 run trained; it gated at 06:00
+        record("gate", "reject", "6", "5", 7 * hour, 7 * hour),
+        record("gate", "would-promote", "7", "5", 8 * hour, 8 * hour) | {"backfill": True},
+    ]
+    assert champion_at(records, 1 * hour)["version"] is None, "nothing before the first move"
+    assert champion_at(records, 4 * hour)["version"] == "1"
+    late = champion_at(records, 5.5 * hour)
+    assert late["version"] == "5" and late["since"] == 5 * hour, "the late gate counts from the rollback it followed"
+    assert challenges_at(records, late, 8 * hour) == 1, "v5's reign: the 07:00 reject; a backfill is no challenge"
+    assert champion_at(records, 9 * hour)["version"] == "5", "a backfill's would-promote moves nothing"

@@ -89,6 +89,10 @@ def test_a_backfill_run_is_a_replay_keyed_by_what_it_decides_with(ct_home) -> No
     assert _key("gate", live) == "scheduled__2026-01-01T03-00-00-00-00"
     drift = CtStepOperator(task_id="drift", step="drift").command_args({**BACKFILL_RUN, "params": {}})
     assert drift[-2:] == ["--replay", key.rsplit(".", 1)[1]] and "--as-of" in drift
+    # Once drift has planned the window, the run's later steps keep its key whatever ct.yaml says by then.
+    planned = SimpleNamespace(xcom_pull=lambda task_ids, default=None: {"run_key": f"{key}-as-planned"})
+    assert _key("gate", {**plain, "ti": planned}) == f"{key}-as-planned"
+    assert _key("drift", {**plain, "ti": planned}) == key, "drift itself plans under the replay's own key"
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,10 @@ def command_args(step: str, step_args: Sequence[Any], context: Mapping[str, Any]
         args += answer_args(context)
     replay = replay_of(context) if step in REPLAY_STEPS else None
     if step in RUN_KEY_STEPS:
-        args += ["--run-key", replay_run_key(context, replay.id) if replay else run_key(context)]
+        key = run_key(context)
+        if replay:  # the key drift planned under: a ct.yaml changed mid-run cannot split the run's steps
+            key = (pinned_run_key(context) if step != "drift" else None) or replay_run_key(context, replay.id)
+        args += ["--run-key", key]
     if replay and replay.overrides:
         args += ["--settings", json.dumps(replay.overrides, sort_keys=True)]  # every step decides with them
     if step == "drift" and (as_of := run_time(context)):
@@ -160,10 +163,22 @@ def replay_of(context: Mapping[str, Any]) -> Replay | None:
                               "for live runs change ct.yaml or the CT_* environment")  # fmt: skip
         return None
     try:
-        settings = apply_overrides(load_settings(), overrides)
+        settings = load_settings()
+    except ConfigError as exc:
+        raise StepRefused(f"ct's configuration on this worker is invalid: {exc}") from exc
+    try:
+        settings = apply_overrides(settings, overrides)
     except ConfigError as exc:
         raise StepRefused(f"this backfill's settings were refused: {exc}") from exc
     return Replay(decision_digest(settings, bool(params.get("force_retrain"))), dict(overrides))
+
+
+def pinned_run_key(context: Mapping[str, Any]) -> str | None:
+    """The run key this run's drift step planned its window under (its XCom), if it has run."""
+    ti = context.get("ti")
+    result = ti.xcom_pull(task_ids="drift", default=None) if ti is not None else None
+    key = result.get("run_key") if isinstance(result, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def answer_args(context: Mapping[str, Any]) -> list[str]:
