@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(PY) bench/gate_power.py
 	$(PY) bench/guard_frontier.py
 	$(PY) bench/drift_power.py
+	$(PY) bench/backfill_replay.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_memory.py
 

@@ -200,21 +200,22 @@ def run_log(lake: Lake) -> list[str]:
 def state_at(lake: Lake, as_of: float) -> tuple[PolicyState, dict[str, Any]]:
     """The live policy memory as it was just before ``as_of``, and where it came from.
 
-    It is the memory that the last live decision to take effect before ``as_of`` wrote (``state/runs/``):
-    a backfill decides with what live ct knew then, never with today's ``state/policy.json``. The
-    memory changed in the order decisions were applied (their revisions), so that is the order used;
-    a decision takes effect at its run's time or at the previous one's if that is later (as
-    :func:`ml.release.history.effective_times` does for moves). Decisions whose memory was refused
-    (the revision had moved) never were the memory, and are skipped.
+    It is the memory that the last live decision before ``as_of`` wrote (``state/runs/``, by the runs'
+    times): a backfill decides with what live ct knew then, never with today's ``state/policy.json``. A
+    run decides whether to retrain as it starts, so its time is when its memory was written; runs
+    triggered for past dates (a history played day by day) take their place in that history.
+    Decisions whose memory was refused (the revision had moved) never were the memory, and are skipped.
     """
-    stamp = len(layout.time_stamp(as_of))
-    keys = [k for k in run_log(lake) if k.rsplit("/", 1)[-1][stamp : stamp + 6] == "-live-"]
-    applied = [r for r in (lake.read_json(k) for k in keys) if r.get("applied", True) and r.get("state_after")]
-    latest, found = float("-inf"), None
-    for record in sorted(applied, key=lambda r: (int(r.get("state_revision") or 0), float(r["as_of"]))):
-        latest = max(latest, float(record["as_of"]))
-        if latest < as_of:
+    cutoff = layout.time_stamp(as_of)
+    stamp = len(cutoff)
+    names = {k: k.rsplit("/", 1)[-1] for k in run_log(lake)}
+    keys = [k for k, name in names.items() if name[stamp : stamp + 6] == "-live-" and name[:stamp] < cutoff]
+    found = None
+    for key in reversed(keys):  # newest first: usually the first one read is the answer
+        record = lake.read_json(key)
+        if record.get("applied", True) and record.get("state_after"):
             found = record
+            break
     if found is None:
         return PolicyState(), {"source": "no live retrain decision before this time in state/runs/: empty memory",
                                "state": _state_dict(PolicyState())}  # fmt: skip

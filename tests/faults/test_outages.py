@@ -10,6 +10,8 @@ without the outage reached.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from tests.faults import ops
@@ -83,7 +85,8 @@ def test_drift_outage_at_each_call_is_an_error(
     env = {**world, "CT_DRIFT__EMBEDDINGS": "true"}  # drift then loads the champion from MLflow too
     move_champion_to(runner, env, "1", f"do-{service}-setup")
     # Each run is a replay (--replay): it decides as live ct would have, and writes no live policy memory.
-    clean = runner.step(env, "drift", "--run-key", f"do-{service}-clean", "--replay", "outage",
+    replay = ("--replay", "outage", "--as-of", datetime.now(UTC).isoformat())  # one moment for every run
+    clean = runner.step(env, "drift", "--run-key", f"do-{service}-clean", *replay,
                         fault=Fault(cut_service=service))  # fmt: skip
     assert clean.exitcode == 0, clean.result
     expected = runner.step(env, "decide", "--run-key", f"do-{service}-clean")
@@ -91,9 +94,9 @@ def test_drift_outage_at_each_call_is_an_error(
         key = f"do-{service}-{n}"
         cut = Fault(cut_at=n, cut_service=service, cut_pgid=services[service].pgid)
         with frozen_until_done(services[service].pgid):
-            down = runner.step(env, "drift", "--run-key", key, "--replay", "outage", fault=cut)
+            down = runner.step(env, "drift", "--run-key", key, *replay, fault=cut)
         assert_outage(down, f"{service} call {n}")
-        assert runner.step(env, "drift", "--run-key", key, "--replay", "outage").exitcode == 0, key
+        assert runner.step(env, "drift", "--run-key", key, *replay).exitcode == 0, key
         decided = runner.step(env, "decide", "--run-key", key)
         assert decided.result is not None and expected.result is not None
         assert decided.result["reasons"] == expected.result["reasons"], (key, decided.result["reasons"])

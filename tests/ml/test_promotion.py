@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,8 +19,11 @@ from ml.release import registry
 def candidate(run_step, run_key: str, *drift_flags: str) -> dict:  # type: ignore[no-untyped-def]
     """Plan, force, train and evaluate a candidate for ``run_key`` (everything but the gate).
 
-    ``drift_flags`` go to the step that plans the window: ``--replay <id>`` makes the run a backfill's.
+    ``drift_flags`` go to the step that plans the window: ``--replay <id>`` makes the run a backfill's
+    (replaying this very moment, unless ``--as-of`` says another).
     """
+    if "--replay" in drift_flags and "--as-of" not in drift_flags:
+        drift_flags = (*drift_flags, "--as-of", datetime.now(UTC).isoformat())
     run_step("drift", "--run-key", run_key, *drift_flags)
     run_step("decide", "--run-key", run_key, "--force")
     run_step("train", "--run-key", run_key)
