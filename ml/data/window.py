@@ -76,11 +76,6 @@ def window_key(run_key: str) -> str:
     return layout.report(layout.RETRAIN_DAG, run_key, "window.json")
 
 
-def considered_batches(lake: Lake) -> set[str]:
-    """Batches that an earlier live retrain decision already looked at (policy memory in ``state/``)."""
-    return set(lake.read_json_or(layout.state(POLICY_STATE), {}).get("considered_batches", []))
-
-
 def plan_window(
     lake: Lake,
     settings: Settings,

@@ -83,12 +83,6 @@ def claim(lake: Lake, lease: Lease, champion_version: str, run_key: str, alpha: 
     return _spending(state, k, alpha, consumed=True)
 
 
-def peek(lake: Lake, champion_version: str, alpha: float) -> dict[str, Any]:
-    """The level the next live challenge would get now, spending nothing."""
-    state = _current(lake, champion_version)
-    return _spending(state, _next_k(state), alpha, consumed=False)
-
-
 def replayed(champion_version: str, started_by: str | None, earlier_challenges: int, alpha: float) -> dict[str, Any]:
     """The level a live challenge had at a past moment, after ``earlier_challenges`` in that reign (a backfill's)."""
     state = {"champion_version": str(champion_version), "started_by": started_by}
