@@ -34,6 +34,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ct_airflow.launcher.local demo
 
+# Airflow on 127.0.0.1:8080 and MLflow on 127.0.0.1:5000; `make up AIRFLOW_PORT=8081 MLFLOW_PORT=5001` moves them
+# (a port that is taken is refused before anything starts, with the line that picks another).
 up: $(STAMP)
 	$(PY) -m ct_airflow.launcher.local up
 
@@ -71,6 +73,7 @@ bench: $(STAMP)
 	$(PY) bench/guard_frontier.py
 	$(PY) bench/drift_power.py
 	$(PY) bench/backfill_replay.py
+	$(PY) bench/your_data.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_memory.py
 

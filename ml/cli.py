@@ -70,8 +70,33 @@ def _overrides(value: str) -> dict[str, Any]:
     return parsed
 
 
+HELP_EPILOG = """\
+Run keys: every step of one pipeline run takes the same --run-key, the Airflow run's id
+(scheduled__2026-12-07T03:00:00+00:00, manual__..., backfill__...) or any id you choose for a
+run by hand. Records, checkpoints and the registered version are keyed by it, so a step rerun
+with the same key finds its finished work and redoes nothing; a new key is a new run.
+
+Environment:
+  CT_CONFIG            path to your ct.yaml (default: the embedded profile, everything under CT_HOME)
+  CT_HOME              the embedded profile's folder (default: ./.ct): lake, MLflow, PostgreSQL
+  CT_<SECTION>__<FIELD> one setting, over the file: CT_TRAIN__EPOCHS=3, CT_GATE__MARGIN=0.01
+  CT_<FIELD>           a top-level setting: CT_LAKE_URI, CT_MLFLOW_TRACKING_URI, CT_LABELS=cat,dog
+  CT_LOG_LEVEL         DEBUG, INFO (default), WARNING
+See what is in effect, and where each value comes from: python -m ml config show
+Exit codes: 0 done or nothing to do, 1 failed (act on the error), 2 refused (bad arguments or
+configuration: retrying cannot help), 75 a service did not answer (retry later)."""
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a refused command line raises :class:`UsageError` (a JSON line, exit 2), never exits."""
+    """argparse, but a refused command line raises :class:`UsageError` (a JSON line, exit 2), never exits.
+
+    Every ``--help`` ends with what a run key is and which environment variables matter.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", HELP_EPILOG)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
@@ -227,6 +252,69 @@ def step_approval(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
     return {**{k: record.get(k) for k in keep}, "headline": headline(record)}
 
 
+def step_retrain(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    """drift, decide, train, evaluate and gate of one run in this process: ct_retrain's steps, without Airflow."""
+    results: dict[str, Any] = {}
+    for name in ("drift", "decide", "train", "evaluate", "gate"):
+        step = argparse.Namespace(
+            **{**vars(args), "step": name, "as_of": None, "replay": None, "settings_overrides": {}}
+        )
+        results[name] = result = STEPS[name](step, settings, lake)
+        log.info("%s: %s", name, result.get("summary") or result.get("headline") or "done")
+        if "skip" in result:
+            return {"skip": f"{name}: {result['skip']}", "steps": results}
+    return {**results.pop("gate"), "steps": results}
+
+
+def step_land(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.data.land import land
+
+    report = land(lake, settings, args.source, args.batch_id, args.event_time, args.dry_run)
+    if args.dry_run:  # a person reads this: the refusals one per line, then the JSON line
+        for item in report["refused"]:
+            print(f"refused  {item['file']}: {', '.join(item['rules'])}", file=sys.stderr)
+        for item in report["batch_rules_failed"]:
+            print(f"batch    {item['rule']}: {item['observed']} {item.get('fix', '')}".rstrip(), file=sys.stderr)
+        print(f"would be {report['would_be']}: {report['accepted']} of {report['files']} files accepted",
+              file=sys.stderr)  # fmt: skip
+    return report
+
+
+def step_config(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    """``check``: the file and environment load (else exit 2 already), the network builds, init_weights reads."""
+    from ml.config import effective_settings
+
+    rows = effective_settings()
+    if args.action == "show":
+        width = max(len(name) for name, _, _ in rows)
+        for name, value, source in rows:
+            sys.stdout.write(f"{name:<{width}}  {json.dumps(value)}  ({source})\n")
+    checks = {"settings": "valid", "network": _check_network(settings)}
+    if settings.train.init_weights:
+        checks["init_weights"] = _check_init_weights(settings)
+    changed = sum(source != "default" for _, _, source in rows)
+    return {"config": "valid", "file": os.environ.get("CT_CONFIG") or "(none: the embedded defaults)",
+            "settings_changed": changed, "checks": checks}  # fmt: skip
+
+
+def _check_network(settings: Settings) -> str:
+    from ml.learn.train import new_model
+
+    model = new_model(settings)  # ConfigError (exit 2) if it cannot be built or gives the wrong output
+    parameters = sum(p.numel() for p in model.parameters())
+    return f"{settings.train.network}: {parameters:,} parameters, {len(settings.labels)} outputs"
+
+
+def _check_init_weights(settings: Settings) -> str:
+    from ml.learn import warm_start
+    from ml.learn.train import new_model
+
+    assert settings.train.init_weights is not None
+    init = warm_start.resolve(settings, settings.train.init_weights)
+    loaded = warm_start.apply(new_model(settings), init)
+    return f"{loaded['loaded']} of {loaded['tensors']} tensors match (sha256 {init.sha256[:12]})"
+
+
 def step_freeze_golden(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
     from ml.data.ingest import freeze_golden
 
@@ -244,6 +332,9 @@ STEPS: dict[str, Step] = {
     "promote": step_override,
     "approval": step_approval,
     "freeze-golden": step_freeze_golden,
+    "land": step_land,
+    "retrain": step_retrain,
+    "config": step_config,
 }
 
 
@@ -287,6 +378,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     approval.add_argument("--answer", required=True, choices=["approve", "reject", "expired"])
     approval.add_argument("--by", default="", help="who answered (empty for an expired approval)")
     approval.add_argument("--comment", default="", help="the approver's comment")
+    retrain = sub.add_parser("retrain", help="run drift, decide, train, evaluate and gate for one run key, here "
+                             "(what the ct_retrain DAG runs, for a pilot without Airflow)")  # fmt: skip
+    retrain.add_argument("--run-key", required=True, type=_checked_id)
+    retrain.add_argument("--force", action="store_true", help="retrain whatever the policy says")
+    land = sub.add_parser("land", help="land a folder of labelled images (or an S3 prefix) as a committed batch",
+                          description="Copy <source>/<label>/<file> to landing/<batch-id>/images/<label>/<file> "
+                          "and commit it; --dry-run reports what ingest would accept and refuse, landing nothing")  # fmt: skip
+    land.add_argument("source", help="a folder with one subfolder per label, or s3://bucket/prefix")
+    land.add_argument("--batch-id", required=True, type=_checked_id, help="the new batch's id, e.g. photos-2026-12-07")
+    land.add_argument("--event-time", type=_when, help="when the images were taken (ISO 8601 with a zone); "
+                      "backfills replay the batch from then. Default: when it is ingested")  # fmt: skip
+    land.add_argument("--dry-run", action="store_true", help="run ingest's checks on a scratch copy; land nothing")
+    config = sub.add_parser("config", help="check ct.yaml and the CT_* environment, or show the effective settings")
+    config.add_argument("action", choices=["check", "show"], help="check: validate, build the network, read "
+                        "init_weights; show: also print every setting with its source (default, file, environment)")  # fmt: skip
     golden = sub.add_parser("freeze-golden", help="validate a landing batch into a frozen golden eval set")
     golden.add_argument("--batch-id", required=True, type=_checked_id)
     golden.add_argument("--name", required=True, type=_checked_id)

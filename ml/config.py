@@ -15,10 +15,13 @@ warning and ignored, so that a misspelt shortcut does not pass silently.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
@@ -71,7 +74,18 @@ class ImageConfig(_Section):
         None, ge=8, le=2048, description="Side of the stored training-ready images (default: size); random crops "
         "of `size` are taken from it, evaluation takes the centre",
     )  # fmt: skip
-    channels: Literal[1, 3] = 1
+    channels: Literal[1, 3] = Field(1, description="1: every image is converted to grey (L), 3: to RGB")
+    resize: Literal["letterbox", "squash", "crop"] = Field(
+        "letterbox", description="How an image of any shape becomes a square of store_size: letterbox scales "
+        "its longer side to fit and pads the rest with black (no pixel lost, shapes kept); squash stretches it "
+        "(shapes distorted); crop scales its shorter side to fit and cuts the centre square (edges lost)",
+    )  # fmt: skip
+    mean: tuple[float, ...] = Field(
+        (0.5,), description="Per-channel mean subtracted inside the model (1 or channels values, on [0, 1])"
+    )
+    std: tuple[float, ...] = Field(
+        (0.25,), description="Per-channel divisor inside the model (ImageNet weights: 0.229, 0.224, 0.225)"
+    )
     max_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb cap, checked before decoding")
     shard_mb: float = Field(64.0, gt=0, description="Size of one training-ready shard file, in MB")
 
@@ -89,6 +103,11 @@ class ImageConfig(_Section):
     def _store_holds_the_input(self) -> ImageConfig:
         if self.stored < self.size:
             raise ValueError(f"image.store_size ({self.store_size}) must be at least image.size ({self.size})")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in (1, self.channels):
+                raise ValueError(f"image.{name} needs 1 or {self.channels} values (image.channels)")
+        if any(value <= 0 for value in self.std):
+            raise ValueError("image.std values must be positive")
         return self
 
 
@@ -176,12 +195,71 @@ class PolicyConfig(_Section):
     )
 
 
+#: The networks ct builds by name (:mod:`ml.model.factory`): a small CNN and torchvision's, with ``weights=None``.
+BUILTIN_ARCHS = ("digits_cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
+#: ``package.module:function``: a user's own network (Python identifiers, dotted module, one colon).
+ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def entry_point_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable ``package.module:function`` here, or None; nothing is imported.
+
+    The module must be findable on this Python path; its function is checked when the model is built
+    (``python -m ml config check`` builds it at once).
+    """
+    if not ENTRY_POINT.match(value):
+        return f"{value!r} is not an entry point like 'mypackage.models:build'"
+    module = value.split(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:  # a parent package that does not exist or fails to import
+        found, reason = None, f": {exc}"
+    else:
+        reason = ""
+    if found is None:
+        return (f"module {module!r} of {value!r} cannot be found on this Python path{reason}; install your package "
+                "into ct's environment (pip install -e .) or add its folder to PYTHONPATH")  # fmt: skip
+    return None
+
+
 class TrainConfig(_Section):
-    arch: str = "digits_cnn"
+    """How a candidate is trained: the network, where its weights start, the optimizer and when to stop."""
+
+    arch: str = Field(
+        "digits_cnn", description=f"A built-in network ({', '.join(BUILTIN_ARCHS)}); see `model` for your own"
+    )
+    model: str | None = Field(
+        None, description="Your own network instead of `arch`: an entry point 'package.module:function' called "
+        "as function(num_classes=, channels=, image_size=) that returns a torch nn.Module taking float NCHW "
+        "input (already normalised by ct) and returning one logit per class",
+    )  # fmt: skip
+    init_weights: str | None = Field(
+        None, description="Start from this state dict instead of random weights: a local path, a lake URI "
+        "(file://, s3://) or an MLflow model (models:/<name>/<version>, models:/<name>@<alias>). Tensors whose "
+        "name and shape match are loaded (a new head is not); nothing is downloaded",
+    )  # fmt: skip
+    freeze_epochs: int = Field(0, ge=0, description="Train only the head (the last Linear) for this many epochs")
+    head_lr: float | None = Field(None, gt=0, description="Learning rate of the head (default: lr)")
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-2, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum (Nesterov)")
+    lr: float = Field(1e-2, gt=0, description="Peak learning rate (the backbone's, when head_lr is set)")
+    scheduler: Literal["onecycle", "cosine", "step", "constant"] = Field(
+        "onecycle", description="onecycle: warm up to lr then anneal, per step; cosine: anneal from lr, per step; "
+        "step: multiply by step_gamma every step_epochs; constant: lr throughout",
+    )  # fmt: skip
+    step_epochs: int = Field(10, ge=1, description="The step scheduler's period, in epochs")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="The step scheduler's factor")
     weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop when validation accuracy has not improved for this many epochs, and keep "
+        "the best epoch's weights (none: train every epoch)",
+    )  # fmt: skip
+    mixed_precision: Literal["bf16", "fp16", "off"] = Field(
+        "bf16", description="Autocast on CUDA (fp16 with a gradient scaler); CPU training is always float32"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)
@@ -200,6 +278,36 @@ class TrainConfig(_Section):
     )
     ring_shards: int = Field(4, ge=1, description="Shards shuffled together (and mapped at once) when streaming")
     loader_threads: int = Field(2, ge=1, description="Background threads that gather batches from shards")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        if value not in BUILTIN_ARCHS:
+            close = difflib.get_close_matches(value, BUILTIN_ARCHS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown arch {value!r}{hint}: choose one of {', '.join(BUILTIN_ARCHS)}, or set "
+                             "train.model to your own 'package.module:function'")  # fmt: skip
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _findable_model(cls, value: str | None) -> str | None:
+        if value is not None and (problem := entry_point_problem(value)) is not None:
+            raise ValueError(f"train.model: {problem}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_network(self) -> TrainConfig:
+        if self.model is not None and self.arch != "digits_cnn":
+            raise ValueError("set train.arch or train.model, not both: model replaces the built-in arch")
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(f"train.freeze_epochs ({self.freeze_epochs}) must be below train.epochs ({self.epochs})")
+        return self
+
+    @property
+    def network(self) -> str:
+        """What builds the network: a built-in name, or the user's entry point (what spec.json records)."""
+        return self.model or self.arch
 
 
 class GateConfig(_Section):
@@ -387,24 +495,73 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings from the file named in the environment plus ``CT_*`` overrides."""
-    env = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
+def _file_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``CT_CONFIG_JSON`` or the ``CT_CONFIG`` file gives (empty: the embedded defaults)."""
     if env.get("CT_CONFIG_JSON"):
         data = json.loads(env["CT_CONFIG_JSON"])
     elif env.get("CT_CONFIG"):
         path = Path(env["CT_CONFIG"])
         if not path.is_file():
             raise ConfigError(f"CT_CONFIG={path} does not exist; unset it to use the embedded defaults")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping at the top level")
-    data = _deep_merge(data, _env_overrides(env))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    else:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{env.get('CT_CONFIG') or 'CT_CONFIG_JSON'} must hold a mapping at the top level")
+    return data
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the file named in the environment plus ``CT_*`` overrides."""
+    env = os.environ if environ is None else environ
+    data = _deep_merge(_file_layer(env), _env_overrides(env))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid ct configuration:\n{exc}") from exc
+        where = env.get("CT_CONFIG") or "the environment"
+        raise ConfigError(f"invalid ct configuration ({where}):\n{explain(exc)}") from exc
+
+
+def explain(exc: ValidationError) -> str:
+    """One line per refused setting: its dotted name, what is wrong, and the value given."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = f" (given: {error['input']!r})" if not isinstance(error.get("input"), dict) else ""
+        lines.append(f"  {name}: {message}{given}")
+    return "\n".join(lines)
+
+
+def _leaves(data: Mapping[str, Any], prefix: str = "") -> set[str]:
+    found = set()
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        found |= _leaves(value, f"{name}.") if isinstance(value, Mapping) and value else {name}
+    return found
+
+
+def effective_settings(environ: Mapping[str, str] | None = None) -> list[tuple[str, Any, str]]:
+    """Every setting as (dotted name, effective value, source): ``default``, ``file`` or ``environment``.
+
+    What ``python -m ml config show`` prints. Values derived from others (the lake and MLflow
+    locations under ``home``) count as defaults.
+    """
+    env = os.environ if environ is None else environ
+    settings = load_settings(env)
+    from_file, from_env = _leaves(_file_layer(env)), _leaves(_env_overrides(env))
+    dumped = settings.model_dump(mode="json")
+    rows = []
+    for name in sorted(_leaves(dumped)):
+        value: Any = dumped
+        for part in name.split("."):
+            value = value[part]
+        source = "environment" if name in from_env else "file" if name in from_file else "default"
+        rows.append((name, value, source))
+    return rows
 
 
 #: The sections a replay (a backfill run's ``{"settings": {...}}``) may change: how ct decides and trains,
@@ -437,7 +594,7 @@ def apply_overrides(settings: Settings, overrides: Mapping[str, Any] | None) -> 
     try:
         return Settings.model_validate(_deep_merge(settings.model_dump(), overrides))
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings override:\n{exc}") from exc
+        raise ConfigError(f"invalid settings override:\n{explain(exc)}") from exc
 
 
 def decision_digest(settings: Settings, force_retrain: bool = False) -> str:

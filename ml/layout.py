@@ -45,6 +45,11 @@ def commit_marker(batch_id: str) -> str:
     return join(LANDING, batch_id, COMMIT_MARKER)
 
 
+def dataset(batch_id: str, root: str = CURATED) -> str:
+    """The folder of a curated batch (or golden set): everything ingest writes for it, the manifest last."""
+    return join(root, batch_id)
+
+
 def manifest(batch_id: str, root: str = CURATED) -> str:
     return join(root, batch_id, "manifest.parquet")
 

@@ -106,7 +106,9 @@ def decision(lake: Lake, ident: str) -> dict[str, Any] | None:
     if record is None or "decision" not in record:
         return None  # unreadable: the overview names it
     reports = {name: k for name, k in _report_keys(record).items() if lake.exists(k)}
-    return {**record, "id": ident, "report_keys": reports, "entry": timeline_entry(record)}
+    scored = _read_optional(lake, layout.report(layout.RETRAIN_DAG, str(record.get("run_key")), "eval.json")) or {}
+    train_run = (scored.get("candidate") or {}).get("run_id")  # the candidate's MLflow run: its training curves
+    return {**record, "id": ident, "report_keys": reports, "entry": timeline_entry(record), "train_run_id": train_run}
 
 
 def champion_card(records: list[dict[str, Any]], registry_version: str | None = None) -> dict[str, Any] | None:

@@ -129,7 +129,13 @@ def run_step(ct_home, capsys):  # type: ignore[no-untyped-def]
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         expected = 0
         if "error" in result:
-            expected = 75 if result["retryable"] else 2 if result["error_type"] in ("UsageError", "ConfigError") else 1
+            expected = (
+                75
+                if result["retryable"]
+                else 2
+                if result["error_type"] in ("UsageError", "ConfigError", "ModelBuildError")
+                else 1
+            )
         assert code == expected, (code, result)
         return result
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ml import layout
 from ml.data.ingest import read_manifest
+from ml.model.preprocess import center_crop
 from ml.storage import Lake, LocalLake
 from ml.training.loader import ShardSet
 from ml.training.shards import ShardError, ShardFile, open_shard
@@ -215,12 +216,3 @@ def rows_of(
 def join_rows(first: Rows, second: Rows) -> Rows:
     frame = pd.concat([first.frame, second.frame], ignore_index=True)
     return Rows(first.reader, frame, np.concatenate([first.labels, second.labels]), first.size)
-
-
-def center_crop(images: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size`` x ``size`` window of stored images (what evaluation and drift see)."""
-    height, width = images.shape[1:3]
-    if height == size and width == size:
-        return images
-    top, left = (height - size) // 2, (width - size) // 2
-    return images[:, top : top + size, left : left + size]

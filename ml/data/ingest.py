@@ -58,16 +58,10 @@ MANIFEST_COLUMNS = [
 ]  # fmt: skip
 #: A curated manifest adds where each row's pixels are: its shard, its row there and the shard's hash.
 CURATED_COLUMNS = [*MANIFEST_COLUMNS, "shard", "shard_row", "shard_sha256"]
-NATIVE_MODES = frozenset({"1", "L", "P", "RGB"})
-HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 INVALID_NAME_PREFIX = "invalid-name-"
 # The report's ``stage`` of a failure: one validation, or the passes before and after dropping rows.
 VALIDATION, BEFORE_DROP, AFTER_DROP = "validation", "before_drop", "after_drop"
 DROP_RECORDS = ("dropped.json", "validation_before_drop.json")  # under reports/ct_ingest/<batch_id>/
-
-
-class UnsupportedMode(ValueError):
-    """The image decoded, but its mode is one the configuration rejects."""
 
 
 class DecompressionBomb(ValueError):
@@ -249,13 +243,21 @@ class _Entry:
 
 
 def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
-    """Every file under the batch's ``images/``, flagging any path that leaves the batch root."""
+    """Every file in the batch but its commit marker, flagging any path that leaves the batch root.
+
+    The whole batch is listed, not just ``images/``: a file anywhere else (label folders put
+    directly under the batch, a stray ``.DS_Store``) is a row that rule ``layout`` names, never
+    silently left out. Only ``_COMMITTED`` at the batch root is not a row (``_batch_failure`` has
+    judged it), and on S3 the empty ``<folder>/`` objects that consoles create, which hold no file.
+    """
     root_key = layout.landing(batch_id)
     if isinstance(lake, LocalLake):
         return sorted(_local_entries(str(lake.path(root_key))), key=lambda e: e.relpath)
     entries = []
-    for key, size in sorted(lake.list_sizes(layout.join(root_key, "images")).items()):
+    for key, size in sorted(lake.list_sizes(root_key).items()):
         rel = key[len(root_key) + 1 :]
+        if rel == layout.COMMIT_MARKER or (size == 0 and (rel == "" or rel.endswith("/"))):
+            continue
         try:
             # A key that only normalises to a safe path ("a//b", "a/./b") is refused too: it is not
             # the object we would read.
@@ -268,19 +270,22 @@ def _list_entries(lake: Lake, batch_id: str) -> list[_Entry]:
 
 
 def _local_entries(root: str) -> Iterator[_Entry]:
-    """The files under ``root/images`` on a file system, one directory read at a time.
+    """The files under the batch ``root`` on a file system but its commit marker, one directory read at a time.
 
-    ``_batch_failure`` has checked that ``root`` and ``images/`` are real folders where they say, so
-    a regular file or folder met here is inside the batch; only a symlink needs resolving. A
-    symlinked folder is not walked into: like a symlinked file, it is an entry, judged by its target.
+    ``_batch_failure`` has checked that ``root`` and ``images/`` (where there is one) are real
+    folders where they say, and that the marker is a regular file, so a regular file or folder met
+    here is inside the batch; only a symlink needs resolving. A symlinked folder is not walked into:
+    like a symlinked file, it is an entry, judged by its target.
     """
     real_root = os.path.realpath(root)
-    folders = ["images"] if os.path.isdir(os.path.join(root, "images")) else []
+    folders = [""]
     while folders:
         folder = folders.pop()
         with os.scandir(os.path.join(root, folder)) as listing:
             for item in listing:
-                rel = f"{folder}/{item.name}"
+                if not folder and item.name == layout.COMMIT_MARKER:
+                    continue
+                rel = f"{folder}/{item.name}" if folder else item.name
                 if item.is_dir(follow_symlinks=False):
                     folders.append(rel)
                 elif item.is_file(follow_symlinks=False):
@@ -295,21 +300,27 @@ def _local_entries(root: str) -> Iterator[_Entry]:
                     yield _Entry(rel, True, size=os.stat(real).st_size)
 
 
-def _layout_problem(relpath: str) -> str | None:
-    depth = relpath.count("/")  # images/<label>/<file> has two
+def _layout_problem(relpath: str, batch_id: str) -> str | None:
+    parts = relpath.split("/")
+    if parts[0] != "images" or len(parts) == 1:
+        # Most often a producer that wrote its label folders straight into the batch (cat/x.png):
+        # say where the file belongs, so that one move fixes them all.
+        belongs = "/".join(parts) if len(parts) == 2 else f"<label>/{parts[-1]}"
+        return f"outside images/: move label folders under landing/{batch_id}/images/ (this file to images/{belongs})"
+    depth = len(parts) - 1  # images/<label>/<file> has two
     if depth == 2:
         return None
     where = "directly under images/" if depth < 2 else f"{depth - 2} folder(s) below its label folder"
     return f"expected images/<label>/<file>; this file is {where}"
 
 
-def _listing_problems(entry: _Entry, settings: Settings) -> list[tuple[str, str]]:
+def _listing_problems(entry: _Entry, settings: Settings, batch_id: str) -> list[tuple[str, str]]:
     """The row-level ingest checks decided from the listing alone, as (rule, error). A failing file is not read."""
     cfg = settings.ingest
     found = []
     if (problem := name_problem(entry.relpath)) is not None:
         found.append(("file_name", problem))
-    if (problem := _layout_problem(entry.relpath)) is not None:
+    if (problem := _layout_problem(entry.relpath, batch_id)) is not None:
         found.append(("layout", problem))
     if entry.path_ok:  # what leaves the batch, or is no regular file, has no extension or size worth judging
         suffix = PurePosixPath(entry.relpath).suffix.lower()
@@ -330,30 +341,8 @@ def image_formats(extensions: tuple[str, ...]) -> frozenset[str]:
     return frozenset(formats | ({"MPO"} if "JPEG" in formats else set()))
 
 
-def _normalise(img: Any, settings: Settings) -> Any:
-    """Bring any decoded mode to 8-bit L or RGB, or refuse it when ``ingest.unsupported_modes=reject``."""
-    import numpy as np
-    from PIL import Image
-
-    mode = img.mode
-    transparent = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
-    if mode not in NATIVE_MODES or transparent:
-        if settings.ingest.unsupported_modes == "reject":
-            kind = "alpha" if transparent else "16/32-bit" if mode in HIGH_DEPTH_MODES else mode
-            raise UnsupportedMode(f"unsupported mode {mode} ({kind}); ingest.unsupported_modes=reject")
-        if mode in HIGH_DEPTH_MODES:
-            # 16-bit integer images span 0..65535; float images are taken as 0..255 already.
-            scale = 1.0 if mode == "F" else 257.0
-            img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) / scale, 0, 255).astype(np.uint8), "L")
-        elif transparent:
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    target = "L" if settings.image.channels == 1 else "RGB"
-    return img if img.mode == target else img.convert(target)  # convert() to the same mode copies
-
-
 def _decode(data: bytes, settings: Settings, formats: frozenset[str]) -> tuple[dict[str, Any], np.ndarray]:
-    """Decode one image safely and return its stats plus the model-sized uint8 array."""
+    """Decode one image safely and return its stats plus its stored square (uint8 HWC at image.store_size)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
@@ -372,16 +361,23 @@ def _decode(data: bytes, settings: Settings, formats: frozenset[str]) -> tuple[d
         img.load()
         mode = img.mode
         bands = len(img.getbands())
-        stats, pixels = describe(_normalise(img, settings), settings)  # while ``img`` is open: it may be the same image
+        # While ``img`` is open: what describe() works on may be the same image.
+        stats, pixels = describe(img, settings, reject_unusual=settings.ingest.unsupported_modes == "reject")
     return {**stats, "channels": bands, "mode": mode}, pixels
 
 
-def describe(image: Any, settings: Settings) -> tuple[dict[str, Any], np.ndarray]:
-    """Stats of an 8-bit L/RGB image (what drift compares) and its model-sized uint8 HWC array."""
-    import numpy as np
-    from PIL import Image
+def describe(image: Any, settings: Settings, reject_unusual: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+    """The stats drift compares and the stored square (uint8 HWC at ``image.store_size``) of a decoded image.
 
-    pixels = np.asarray(image, dtype=np.uint8)
+    The image is first turned upright and into the model's colour mode, and squared by the resize
+    policy: the steps every inference path takes too (:mod:`ml.model.preprocess`). The stats are the
+    upright image's, before it is resized (its own size, its own pixels).
+    """
+    import numpy as np
+
+    from ml.model.preprocess import Preprocessing
+
+    image, pixels = Preprocessing.from_settings(settings.image).stored(image, reject_unusual)
     # One pass over the pixels: their histogram gives every statistic exactly (uint8 has 256 values).
     # PIL's, per band and summed, is NumPy's bincount over every value, four times faster, and lets
     # the other ingest threads run meanwhile (bincount holds the GIL).
@@ -399,10 +395,7 @@ def describe(image: Any, settings: Settings) -> tuple[dict[str, Any], np.ndarray
         "max": float(present[-1]) if len(present) else 0.0,
         "bright": float(counts[128:].sum()) / total,
     }
-    size = settings.image.stored  # the training-ready size: random crops take image.size from it
-    if image.size != (size, size):
-        pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-    return stats, pixels.reshape(size, size, settings.image.channels)
+    return stats, pixels
 
 
 def _decode_error(data: bytes, exc: Exception) -> str:
@@ -434,6 +427,8 @@ class _Read:
 
 def _read_one(lake: Lake, key: str, settings: Settings, formats: frozenset[str]) -> _Read:
     """Read, hash, decode and resize one file (in a worker thread: the lake and PIL release the GIL)."""
+    from ml.model.preprocess import UnsupportedMode
+
     data = lake.read_bytes(key)
     digest = hashlib.sha256(data).hexdigest()
     try:
@@ -529,11 +524,15 @@ class _Columns:
         n = len(self)
         shas: list[str | None] = [self.digests[i].tobytes().hex() if self.hashed[i] else None for i in range(n)]
         uris = [self.whole.get(i) or self.prefix + name for i, name in enumerate(self.names)]
-        where = elsewhere([sha for sha in shas if sha])
+        # Only a file whose pixels were kept can be a duplicate image: one that was read but not kept
+        # (it does not decode, its format or mode is refused) has that rule as its reason, and a
+        # copy of it too. Its dup_of is None, so no_duplicate_images skips it rather than counting it twice.
+        kept = self.numbers["row"][:n] >= 0
+        where = elsewhere([sha for sha, keep in zip(shas, kept, strict=True) if sha and keep])
         first: dict[str, int] = {}
         dup_of: list[str | None] = []
         for i, sha in enumerate(shas):
-            if sha is None:
+            if sha is None or not kept[i]:
                 dup_of.append(None)
                 continue
             earlier = first.setdefault(sha, i)
@@ -598,7 +597,7 @@ class _Scan:
                 self._finish(*pending.popleft())
 
     def _listed(self, entry: _Entry) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
-        found = _listing_problems(entry, self.settings)
+        found = _listing_problems(entry, self.settings, self.batch_id)
         named = entry.path_ok and all(rule != "file_name" for rule, _ in found)
         key = layout.join(layout.landing(self.batch_id), entry.relpath) if named else ""
         parts = entry.relpath.split("/")
@@ -607,7 +606,8 @@ class _Scan:
         row: dict[str, Any] = {
             "batch_id": self.batch_id,
             "uri": self.lake.uri(key) if named else printable(entry.relpath),
-            "label": printable(parts[1]) if len(parts) == 3 else None,  # None: layout names the row instead
+            # None: layout names the row instead
+            "label": printable(parts[1]) if len(parts) == 3 and parts[0] == "images" else None,
             "path_ok": entry.path_ok,
             # None: not known, so other rules skip the row. A file that fails a listing check is never read.
             "decode_ok": None,
@@ -652,8 +652,8 @@ def build_manifest(
 
     Each shard is published to ``root/dataset_id/shards/`` from memory as soon as it is full
     (:meth:`Lake.write_view`), so the uploads overlap the scan and no shard touches local disk on
-    its way to S3. No reader looks at them before the manifest names them; an earlier attempt's are
-    deleted first.
+    its way to S3. No reader looks at them before the manifest names them; :func:`ingest_batch` has
+    deleted an earlier attempt's.
     """
     import pandas as pd
 
@@ -661,7 +661,6 @@ def build_manifest(
 
     _require_committed(lake, batch_id)
     hashindex.ensure_indexed(lake)
-    lake.delete_prefix(layout.shards(dataset_id, root))  # an earlier attempt's, never named by a manifest
     store, channels = settings.image.stored, settings.image.channels
 
     def publish(name: str, data: memoryview) -> None:
@@ -698,6 +697,10 @@ def ingest_batch(
             hashindex.add(lake, root, dataset_id, read_manifest(lake, dataset_id, root)["sha256"])
         return {"batch_id": batch_id, "status": "curated", "already_done": True,
                 **_curated_summary(lake, dataset_id, root)}  # fmt: skip
+    # No manifest names anything in the dataset's folder yet, so all that is there is an earlier,
+    # killed attempt's: its shards, its batch record and the temporary files of writes it never
+    # renamed (a local lake's ``.<name>.<pid>.<n>.tmp``). The folder goes whole, the folder too.
+    lake.delete_prefix(layout.dataset(dataset_id, root))
     if (failure := _batch_failure(lake, batch_id)) is not None:
         return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
     try:
@@ -733,7 +736,9 @@ def _curate(
     lake.write_json(layout.join(report_dir, "validation.json"), outcome.gx_results)
     lake.write_bytes(layout.join(report_dir, "validation.html"), render_html(batch_id, outcome, len(dropped)).encode())
     if not outcome.success:
-        lake.delete_prefix(layout.shards(dataset_id, root))  # before the report: a rerun would delete them too
+        # The shards the scan published, and the folder with them: a quarantined batch leaves nothing
+        # under curated/. Before the report: a rerun would delete them too.
+        lake.delete_prefix(layout.dataset(dataset_id, root))
         # The quarantined manifest holds every row, the dropped ones too: the report names them.
         return _quarantine(
             lake, batch_id, [(f, stage) for result, stage in passes for f in result.failures], rows=len(checked),
@@ -791,7 +796,8 @@ def ingest_many(lake: Lake, batch_ids: list[str] | None, settings: Settings) -> 
 def quarantine_unexpected(lake: Lake, batch_id: str, exc: BaseException) -> dict[str, Any]:
     """Quarantine a batch whose ingest crashed, with the error, so that it cannot wedge the queue."""
     failure = batch_failure("ingest_error", printable(f"{type(exc).__name__}: {exc}"[:2000]))
-    lake.delete_prefix(layout.shards(batch_id))  # what the crashed scan published, before the report
+    if not lake.exists(layout.manifest(batch_id)):  # a curated batch is never touched
+        lake.delete_prefix(layout.dataset(batch_id))  # what the crashed scan published, before the report
     return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
 
 

@@ -41,6 +41,7 @@ class Check:
     rule: str
     level: str  # row | batch
     why: str
+    fix: str = ""  # what to do about a failure, where one sentence fits every case
 
 
 #: Ingest's own rules. Row rules are evaluated on every listed file; batch rules stop the batch
@@ -48,8 +49,11 @@ class Check:
 INGEST_CHECKS = {check.rule: check for check in (
     Check("file_name", "row", "every path is valid UTF-8 without control characters or backslashes; "
           "such a file is never read (its uri is shown escaped, e.g. bad\\xff.png)"),
-    Check("layout", "row", "every file is at images/<label>/<file>; files directly under images/ or "
-          "nested below a label folder are never read"),
+    Check("layout", "row", "every file is at images/<label>/<file>; files anywhere else in the batch (label "
+          "folders directly under the batch, files directly under images/ or nested below a label folder) are "
+          "never read",
+          fix="move each file to landing/<batch_id>/images/<label>/<file>: label folders go directly under "
+          "images/, files directly into their label folder; the sample rows say where each belongs"),
     Check("file_extension", "row", "every file's lower-cased suffix is in ingest.extensions; other files are never read"),
     Check("file_size", "row", "every file is at most ingest.max_file_bytes, from the listing; larger files are never read"),
     Check("image_format", "row", "every file decodes as a format that ingest.extensions allows (a JPEG named .png "
@@ -136,7 +140,7 @@ def check_failures(problems: pd.DataFrame) -> list[RuleFailure]:
             rule=check.rule, level=check.level, expectation=INGEST_CHECK, why=check.why,
             unexpected_count=len(rows), observed=None,
             sample_rows=[{"uri": u, "error": e} for u, e in rows[["uri", "error"]].head(SAMPLE_ROWS).itertuples(index=False)],
-            uris=tuple(rows["uri"]),
+            uris=tuple(rows["uri"]), fix=check.fix,
         ))  # fmt: skip
     return failures
 
@@ -195,7 +199,35 @@ def _run_suite(context: Any, suite_file: str, frame: pd.DataFrame, parameters: d
     )
 
 
-def _failure(res: Any) -> RuleFailure:
+def _listed(values: list[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _explained(rule: str, details: dict[str, Any], settings: Settings) -> tuple[Any, str]:
+    """``observed`` and ``fix`` for a failed GX rule whose result alone does not say what to do, from the settings."""
+    observed = details.get("observed_value")
+    if rule == "label_in_set":
+        # GX's result names the offending values but observes nothing; the unknown labels are what to act on.
+        unknown = sorted({str(value) for value in details.get("unexpected_list") or []})
+        fix = (f"the label folder(s) {_listed(unknown)} are not among the configured labels "
+               f"({_listed(list(settings.labels))}): add them to `labels` in ct.yaml, or rename those folders "
+               "under images/ to a configured label")  # fmt: skip
+        return unknown, fix
+    if rule == "row_count":
+        cfg = settings.ingest
+        limits = f"ingest.min_rows={cfg.min_rows:,} and ingest.max_rows={cfg.max_rows:,}"
+        rows = int(observed or 0)
+        if rows < cfg.min_rows:
+            where = "no file was found in the batch" if rows == 0 else f"the batch has {rows:,} files"
+            todo = "add images to the batch (at images/<label>/<file>), or lower ingest.min_rows"
+        else:
+            where, todo = f"the batch has {rows:,} files", "split it into smaller batches, or raise ingest.max_rows"
+        return observed, f"{where}; {limits} allow {cfg.min_rows:,} to {cfg.max_rows:,}: {todo}"
+    return observed, ""
+
+
+def _failure(res: Any, settings: Settings) -> RuleFailure:
     config = res.expectation_config
     if config is None:
         raise RuntimeError("a GX result came back without its expectation configuration")
@@ -203,15 +235,18 @@ def _failure(res: Any) -> RuleFailure:
     details = res.result or {}
     indexed = [row for row in (details.get("unexpected_index_list") or []) if isinstance(row, dict)]
     samples = [{"uri": str(r.get("uri")), **({"error": str(r["error"])} if r.get("error") else {})} for r in indexed]
+    rule = str(meta.get("rule", config.type))
+    observed, fix = _explained(rule, details, settings)
     return RuleFailure(
-        rule=str(meta.get("rule", config.type)),
+        rule=rule,
         level=str(meta.get("level", "batch")),
         expectation=config.type,
         why=str(meta.get("why", "")),
         unexpected_count=int(details.get("unexpected_count") or 0),
-        observed=details.get("observed_value"),
+        observed=observed,
         sample_rows=samples[:SAMPLE_ROWS],
         uris=tuple(str(r.get("uri")) for r in indexed),
+        fix=fix,
     )
 
 
@@ -236,7 +271,7 @@ def validate_manifest(
     ]
     checked = check_failures(problems) if problems is not None else []
     failures = sorted(
-        [*(_failure(r) for result in results for r in result.results if not r.success), *checked],
+        [*(_failure(r, settings) for result in results for r in result.results if not r.success), *checked],
         key=lambda f: f.rule,
     )
     checks = ROW_CHECKS if problems is not None else ()
@@ -250,10 +285,10 @@ def validate_manifest(
 
 
 def _html_row(rule: str, level: str, success: bool, kind: str, count: Any, observed: Any, samples: list[Any],
-              why: str) -> str:  # fmt: skip
+              why: str, fix: str = "") -> str:  # fmt: skip
     return (
         "<tr class='{cls}'><td>{rule}</td><td>{level}</td><td>{ok}</td><td>{kind}</td><td>{count}</td>"
-        "<td>{observed}</td><td>{samples}</td><td>{why}</td></tr>".format(
+        "<td>{observed}</td><td>{samples}</td><td>{why}</td><td>{fix}</td></tr>".format(
             cls="ok" if success else "bad",
             rule=html.escape(rule),
             level=html.escape(level),
@@ -263,6 +298,7 @@ def _html_row(rule: str, level: str, success: bool, kind: str, count: Any, obser
             observed=html.escape(str(observed)),
             samples=html.escape(", ".join(str(s) for s in samples[:5])),
             why=html.escape(why),
+            fix=html.escape(fix),
         )
     )
 
@@ -270,21 +306,25 @@ def _html_row(rule: str, level: str, success: bool, kind: str, count: Any, obser
 def render_html(batch_id: str, outcome: ValidationOutcome, dropped: int = 0) -> str:
     """A self-contained HTML page of the validation result (our Data Docs equivalent)."""
     rows = []
+    failed = {f.rule: f for f in outcome.failures}
     for result in outcome.gx_results:
         for res in result.get("results", []):
             config = res.get("expectation_config", {})
             meta = config.get("meta") or {}
             details = res.get("result") or {}
+            failure = None if res.get("success") else failed.get(str(meta.get("rule", "")))
             rows.append(_html_row(
                 str(meta.get("rule", "")), str(meta.get("level", "")), bool(res.get("success")),
-                str(config.get("type", "")), details.get("unexpected_count", ""), details.get("observed_value", ""),
-                details.get("partial_unexpected_list") or [], str(meta.get("why", "")),
+                str(config.get("type", "")), details.get("unexpected_count", ""),
+                # A failure's own observed is GX's, or what ct derived where GX observes nothing (label_in_set).
+                details.get("observed_value", "") if failure is None or failure.observed is None else failure.observed,
+                details.get("partial_unexpected_list") or [], str(meta.get("why", "")), failure.fix if failure else "",
             ))  # fmt: skip
-    failed = {f.rule: f for f in outcome.failures}
     for rule in outcome.checks:
         check, failure = INGEST_CHECKS[rule], failed.get(rule)
         rows.append(_html_row(rule, check.level, failure is None, INGEST_CHECK, failure.unexpected_count if failure else 0,
-                              "", [r["uri"] for r in failure.sample_rows] if failure else [], check.why))  # fmt: skip
+                              "", [r["uri"] for r in failure.sample_rows] if failure else [], check.why,
+                              failure.fix if failure else ""))  # fmt: skip
     verdict = "passed" if outcome.success else "FAILED"
     return (
         "<!doctype html><meta charset='utf-8'><title>ct validation: {b}</title>"
@@ -292,5 +332,5 @@ def render_html(batch_id: str, outcome: ValidationOutcome, dropped: int = 0) -> 
         "table{{border-collapse:collapse}}tr.bad{{background:#fde2e2}}tr.ok{{background:#eefaee}}</style>"
         "<h1>Batch {b}: validation {v}</h1><p>{n} expectations evaluated; {d} rows dropped by ingest.on_bad_rows.</p>"
         "<table><tr><th>rule</th><th>level</th><th>result</th><th>expectation</th><th>unexpected</th>"
-        "<th>observed</th><th>sample values</th><th>why</th></tr>{rows}</table>"
+        "<th>observed</th><th>sample values</th><th>why</th><th>fix</th></tr>{rows}</table>"
     ).format(b=html.escape(batch_id), v=verdict, n=outcome.evaluated, d=dropped, rows="".join(rows))

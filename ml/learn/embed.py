@@ -9,13 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def penultimate_layer(model: nn.Module) -> nn.Linear:
-    """The classifier head: the last ``nn.Linear`` (its input is the embedding)."""
-    heads = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    if not heads:
-        raise ValueError(f"{type(model).__name__} has no Linear head to take embeddings from")
-    return heads[-1]
+from ml.model.factory import head
 
 
 def embed_and_predict(
@@ -27,7 +21,7 @@ def embed_and_predict(
 
     batches = batched(images, batch_size) if isinstance(images, np.ndarray) else images
     captured: list[torch.Tensor] = []
-    hook = penultimate_layer(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
+    hook = head(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
     model.eval().to(device)
     preds = []
     try:

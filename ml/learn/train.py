@@ -82,8 +82,37 @@ def fit_config(settings: Settings) -> Any:
     return FitConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
         size=settings.image.size, augment=cfg.augment, pad=cfg.pad, flip=cfg.flip, compile=cfg.compile,
-        checkpoint_seconds=cfg.checkpoint_minutes * 60,
+        checkpoint_seconds=cfg.checkpoint_minutes * 60, optimizer=cfg.optimizer, momentum=cfg.momentum,
+        scheduler=cfg.scheduler, step_epochs=cfg.step_epochs, step_gamma=cfg.step_gamma,
+        label_smoothing=cfg.label_smoothing, head_lr=cfg.head_lr, freeze_epochs=cfg.freeze_epochs,
+        early_stopping_patience=cfg.early_stopping_patience, mixed_precision=cfg.mixed_precision,
     )  # fmt: skip
+
+
+def new_model(settings: Settings) -> Any:
+    """The configured network with fresh weights, checked to give one logit per label (else ModelBuildError, exit 2)."""
+    from ml.model import build_model, check_outputs, head
+
+    image, classes = settings.image, len(settings.labels)
+    model = build_model(settings.train.network, image.channels, classes, image.size, image.mean, image.std)
+    check_outputs(model, image.channels, classes, image.size)
+    head(model)  # fine-tuning and the drift embeddings need one
+    return model
+
+
+def model_spec(settings: Settings) -> Any:
+    """What spec.json records of the configured network: how to rebuild it and how its input is made."""
+    from ml.model.artifact import ModelSpec
+    from ml.model.preprocess import Preprocessing
+
+    return ModelSpec(
+        arch=settings.train.network,
+        channels=settings.image.channels,
+        num_classes=len(settings.labels),
+        image_size=settings.image.size,
+        labels=settings.labels,
+        preprocessing=Preprocessing.from_settings(settings.image),
+    )
 
 
 def loader_for(data: Any, settings: Settings, device: Any, world: int = 1, rank: int = 0) -> Any:
@@ -135,13 +164,14 @@ class LakeCheckpoints:
 _RUNTIME_ONLY = ("device", "num_threads", "loader_threads", "resident_mb", "checkpoint_minutes")
 
 
-def fingerprint(settings: Settings, window: Window) -> str:
-    """What a checkpoint must match to be resumed: the training settings, the image setup and the data."""
+def fingerprint(settings: Settings, window: Window, init_sha256: str | None = None) -> str:
+    """What a checkpoint must match to be resumed: the training settings, the image setup, the starting weights and the data."""
     payload = {
         "train": {k: v for k, v in settings.train.model_dump().items() if k not in _RUNTIME_ONLY},
-        "image": [settings.image.size, settings.image.stored, settings.image.channels],
+        "image": settings.image.model_dump(mode="json", exclude={"max_pixels", "shard_mb"}),
         "labels": list(settings.labels),
         "data": data_digest(window),
+        **({"init": init_sha256} if init_sha256 else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -212,26 +242,34 @@ def train(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:
         distributed.stop(dist)
 
 
-def _fit_window(lake: Lake, settings: Settings, window: Window, device: Any, dist: Any) -> tuple[Any, Any, int, int]:
+def _fit_window(
+    lake: Lake, settings: Settings, window: Window, device: Any, dist: Any, on_epoch: Any = None
+) -> tuple[Any, Any, int, int]:
     """Build the model and train it on the window's train rows: (model, fit result, train rows, val rows)."""
     import torch
 
     from ml.data.curated import ShardReader, rows_of, shard_set
-    from ml.model import build_model
+    from ml.learn import warm_start
     from ml.training.loop import fit as run_fit
 
+    torch.manual_seed(settings.train.seed)  # weight init draws from the global generator: the same on every rank
+    model = new_model(settings)
+    init = None
+    if settings.train.init_weights:
+        init = warm_start.resolve(settings, settings.train.init_weights)
+        warm_start.apply(model, init)
     with ShardReader(lake) as reader:
         train_rows = shard_set(reader, window.train_batches, "train", settings.labels)
         if len(train_rows) == 0:
             raise CtError(f"window {window.run_key} has no training rows in {window.train_batches}")
         val_split = rows_of(reader, window.train_batches, "val", settings.labels, size=settings.image.size)
-        torch.manual_seed(settings.train.seed)  # weight init draws from the global generator: the same on every rank
-        model = build_model(settings.train.arch, settings.image.channels, len(settings.labels))
         loader = loader_for(train_rows, settings, device, world=dist.world, rank=dist.rank)
         result = run_fit(
-            model, loader, fit_config(settings), device, fingerprint(settings, window),
+            model, loader, fit_config(settings), device, fingerprint(settings, window, init.sha256 if init else None),
             checkpoints=LakeCheckpoints(lake, window.run_key), validate=_validator(val_split, device), dist=dist,
+            on_epoch=on_epoch,
         )  # fmt: skip
+    result.init = init
     return model, result, len(train_rows), len(val_split)
 
 
@@ -241,7 +279,6 @@ def _train_and_register(
     import mlflow
 
     from ml.model import artifact
-    from ml.model.artifact import ModelSpec
 
     run_key = window.run_key
     started = time.perf_counter()
@@ -264,21 +301,17 @@ def _train_and_register(
         )
         mlflow.set_tags({"ct.code_version": code_version(), "ct.train_batches": ",".join(window.train_batches)[:4000]})
         mlflow.log_dict(window.to_dict(), "data_window.json")
-        model, result, train_rows, val_rows = _fit_window(lake, settings, window, device, dist)
+        model, result, train_rows, val_rows = _fit_window(lake, settings, window, device, dist, _log_epoch)
         history = result.history
-        for record in history:
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
         seconds = time.perf_counter() - started
+        lineage = result.init.lineage() if result.init else {}
+        mlflow.set_tags(lineage)
         mlflow.log_params({"train_rows": train_rows, "val_rows": val_rows})
         mlflow.log_metrics({"train_seconds": seconds, "train_images_per_s": train_rows * len(history) / seconds})
+        if result.best_epoch is not None:
+            mlflow.log_params({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
 
-        spec = ModelSpec(
-            arch=settings.train.arch,
-            channels=settings.image.channels,
-            num_classes=len(settings.labels),
-            image_size=settings.image.size,
-            labels=settings.labels,
-        )
+        spec = model_spec(settings)
         model_id = log_model(mlflow_client, exp_id, run.info.run_id, run_key, model, spec)
         registry.ensure_registered_model(mlflow_client, settings.model_name)
         version = mlflow_client.create_model_version(
@@ -290,6 +323,7 @@ def _train_and_register(
                 registry.RUN_KEY_TAG: run_key,
                 registry.WINDOW_TAG: lake.uri(window_key(run_key)),
                 registry.FORMAT_TAG: artifact.FORMAT,
+                **lineage,
                 **({registry.AS_OF_TAG: f"{window.as_of:.6f}"} if window.as_of is not None else {}),
             },
             description=f"ct candidate for run {run_key}",
@@ -308,4 +342,13 @@ def _train_and_register(
         "processes": dist.world,
         "seconds": round(seconds, 2),
         "resumed_from": {"epoch": resumed[0], "step": resumed[1]} if resumed else None,
+        "epochs": len(history),
+        **({"init_weights_sha256": result.init.sha256} if result.init else {}),
     }
+
+
+def _log_epoch(record: dict[str, float]) -> None:
+    """Log one epoch's metrics to the active MLflow run as it finishes, so progress shows while training runs."""
+    import mlflow
+
+    mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))

@@ -2,8 +2,10 @@
 
 A stored model is a folder of three files:
 
-* ``spec.json``: the format tag, the architecture (``arch``, ``channels``, ``num_classes``, the
-  label names, the input size) and the SHA-256 of the two other files;
+* ``spec.json``: the format tag, the network (``arch``: a built-in name or the user's entry point
+  ``package.module:function``), ``channels``, ``num_classes``, the label names, the input size, the
+  whole preprocessing from file to tensor (:class:`ml.model.preprocess.Preprocessing`) and the
+  SHA-256 of the two other files;
 * ``weights.pt``: the ``state_dict``, written by ``torch.save`` and read back with
   ``weights_only=True``, whose unpickler builds tensors and plain containers and refuses anything
   else (no class, no callable);
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 from ml.model.factory import build_model
+from ml.model.preprocess import Preprocessing, to_input
 from ml.training.shards import sha256_file
 
 FORMAT = "ct.weights/1"
@@ -52,14 +55,25 @@ class ModelFileError(ValueError):
 class ModelSpec:
     """What the factory needs to rebuild the network, and what the network expects as input."""
 
-    arch: str
+    arch: str  # a built-in name, or the entry point 'package.module:function' that builds it
     channels: int
     num_classes: int
     image_size: int
     labels: tuple[str, ...]
+    preprocessing: Preprocessing | None = None  # None: the image squashed to image_size (specs before ct recorded it)
+
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            object.__setattr__(self, "preprocessing", Preprocessing.from_dict(None, self.image_size, self.channels))
+
+    @property
+    def pipeline(self) -> Preprocessing:
+        assert self.preprocessing is not None  # set by __post_init__
+        return self.preprocessing
 
     def build(self) -> nn.Module:
-        return build_model(self.arch, self.channels, self.num_classes)
+        pipeline = self.pipeline
+        return build_model(self.arch, self.channels, self.num_classes, self.image_size, pipeline.mean, pipeline.std)
 
     def example(self, rows: int = 2) -> torch.Tensor:
         return torch.zeros(rows, self.channels, self.image_size, self.image_size)
@@ -76,8 +90,9 @@ def save(model: nn.Module, spec: ModelSpec, folder: Path, onnx: bool = True) -> 
         files[ONNX] = sha256_file(folder / ONNX)
     record = {
         "format": FORMAT,
-        **asdict(spec),
+        **{k: v for k, v in asdict(spec).items() if k != "preprocessing"},
         "labels": list(spec.labels),
+        "preprocessing": spec.pipeline.to_dict(),
         "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0]},
         "output": {"name": "logits", "dtype": "float32"},
         "files": files,
@@ -120,6 +135,9 @@ def load(folder: Path) -> tuple[nn.Module, ModelSpec]:
         num_classes=int(record["num_classes"]),
         image_size=int(record["image_size"]),
         labels=tuple(str(x) for x in record["labels"]),
+        preprocessing=Preprocessing.from_dict(
+            record.get("preprocessing"), int(record["image_size"]), int(record["channels"])
+        ),
     )
     path = _checked(folder, record, WEIGHTS)
     try:
@@ -145,11 +163,6 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path) -> None:
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=ONNX_OPSET,
         )
-
-
-def to_input(images: np.ndarray) -> np.ndarray:
-    """uint8 NHWC rows as the model's float32 NCHW input in [0, 1]."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
 
 
 def onnx_parity(folder: Path, model: nn.Module, batches: Iterable[np.ndarray]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.config import Settings
-from ml.errors import ChampionUnavailable, CtError
+from ml.errors import ChampionUnavailable, ConfigError, CtError
 from ml.outage import outage
 from ml.process import dead_here, identity
 
@@ -167,10 +167,24 @@ def downloaded(settings: Settings, version: VersionInfo) -> Iterator[Path]:
         except Exception as exc:
             if (unavailable := outage(exc, "MLflow or its artifact store")) is not None:
                 raise unavailable from exc
+            if _served_artifacts_out_of_reach(settings, exc):
+                raise ConfigError(
+                    f"model version {version.version} of {settings.model_name} is stored in an MLflow server's "
+                    "artifact store (mlflow-artifacts:), which only that server can read, and this process reads "
+                    "MLflow's store directly (CT_MLFLOW_TRACKING_URI is not an http(s) URL): point "
+                    "CT_MLFLOW_TRACKING_URI at the server, e.g. http://127.0.0.1:5000 (while make up runs, "
+                    'eval "$(.venv/bin/python -m ct_airflow.launcher.local env)" in this shell does)'
+                ) from exc
             raise ChampionUnavailable(
                 f"model version {version.version} of {settings.model_name} cannot be downloaded: {exc}"
             ) from exc
         yield Path(path)
+
+
+def _served_artifacts_out_of_reach(settings: Settings, exc: BaseException) -> bool:
+    """True when a download failed because the files sit behind an MLflow server's artifact proxy
+    (``mlflow-artifacts:`` URIs) and this process's tracking URI is not that server's ``http(s)`` URL."""
+    return "mlflow-artifacts" in str(exc) and not settings.mlflow_tracking_uri.startswith(("http://", "https://"))
 
 
 def load_model(settings: Settings, version: VersionInfo) -> Any:

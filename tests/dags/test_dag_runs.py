@@ -81,6 +81,13 @@ def test_retrain_end_to_end_then_rerun_duplicates_nothing(run_dag, write_batch, 
     assert gate["decision"] == "promote" and gate["candidate_version"] == "1"
     assert extra_link(first, "gate", "ReportLink") == f"/ct/decision/{overview.decision_id(gate)}"
     assert extra_link(first, "train", "MlflowModelLink").endswith("/#/models/ct-classifier/versions/1")
+    # The training run's page in MLflow: its per-epoch metrics were logged while it trained.
+    train_run = registry.get_version(registry.client(settings), settings.model_name, "1").run_id
+    assert extra_link(first, "train", "MlflowRunLink").endswith(f"/#/runs/{train_run}")
+    epochs = registry.client(settings).get_metric_history(train_run, "val_accuracy")
+    assert [m.step for m in epochs] == list(range(settings.train.epochs))
+    ended = registry.client(settings).get_run(train_run).info.end_time
+    assert all(m.timestamp < ended for m in epochs), "each epoch was logged before the run ended"
 
     # The same DAG run again (a clear-and-rerun): same run_id, so same run key.
     again = run_dag("ct_retrain")

@@ -4,7 +4,8 @@
 (PostgreSQL, ``mlflow server``, Airflow's scheduler, dag-processor, triggerer and api-server). The
 browser logs in through Airflow's own login form, opens **ct** from Airflow's navigation, reads the
 dashboard the way an ops engineer would, and rolls the champion back from the Actions page; the
-scheduler runs the ``ct_ops`` run that asks for. A viewer's attempt is refused by Airflow.
+scheduler runs the ``ct_ops`` run that asks for. A viewer's attempt is refused by Airflow. Last, the
+README's forced promotion and rollback run in a plain shell that evaluated ``env``, as a person would.
 Screenshots land in ``.ct/screenshots/`` (the README shows them).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,14 @@ from typing import Any
 import pytest
 
 from ct_airflow.launcher import postgres
-from ct_airflow.launcher.local import embedded_env, server_env, service_commands, start_services, stop_services
+from ct_airflow.launcher.local import (
+    Ports,
+    embedded_env,
+    server_env,
+    service_commands,
+    start_services,
+    stop_services,
+)
 from tests.conftest import TEST_ENV, free_port
 
 pytestmark = pytest.mark.integration
@@ -73,17 +82,14 @@ def _wait_for(url: str, stack_log: Path, timeout: float) -> None:
 
 def stack_env(root: Path, home: Path, port: int, mlflow_port: int) -> dict[str, str]:
     """``make up``'s environment for a stack in ``root``, with the test users and their passwords."""
-    env = {k: v for k, v in os.environ.items() if k != "CT_MLFLOW_TRACKING_URI"}
-    env.update(embedded_env(home, refresh_interval=2))
+    env = {k: v for k, v in os.environ.items() if k not in ("CT_MLFLOW_TRACKING_URI", "CT_MLFLOW_UI_URL")}
+    env.update(embedded_env(home, refresh_interval=2, ports=Ports(airflow=port, mlflow=mlflow_port)))
     env.update(TEST_ENV)
     env.update({
-        "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{role}" for u, (role, _) in USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(root / "passwords.json"),
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        "CT_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
     })  # fmt: skip
     (root / "passwords.json").write_text(json.dumps({u: pw for u, (_, pw) in USERS.items()}))
     return env
@@ -273,3 +279,22 @@ def test_a_rollback_from_the_actions_page_moves_the_champion(stack: Stack, brows
     assert newest.get_attribute("data-decision") == "rollback"
     assert "v3 misreads the new camera's sevens" in newest.inner_text() and "by admin" in newest.inner_text()
     page.context.close()
+
+
+def test_the_readmes_promote_and_rollback_run_in_a_shell_that_evaluated_env(stack: Stack, tmp_path: Path) -> None:
+    """A person's second shell: nothing of the checkout in it but what ``env`` exports (the stack's home and
+    ports, as ``make up`` would have them), then the README's commands, word for word but the versions."""
+    wait_until_idle(stack)
+    assert stack.champion() == "1", "the Actions page's rollback left v1 the champion"
+    shell = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+             "CT_HOME": str(stack.home), "AIRFLOW_PORT": stack.url.rsplit(":", 1)[1],
+             "MLFLOW_PORT": stack.env["CT_MLFLOW_TRACKING_URI"].rsplit(":", 1)[1]}  # fmt: skip
+    python = shlex.quote(sys.executable)
+    script = (f'eval "$({python} -m ct_airflow.launcher.local env)" && '
+              f'{python} -m ml promote --version 3 --reason "v1 was a test of the rollback; v3 is back" && '
+              f'{python} -m ml rollback --to 2 --reason "v3 misreads sevens from camera B"')  # fmt: skip
+    done = subprocess.run(["bash", "-c", script], env=shell, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r.get("error") for r in results] == [None, None], results
+    assert stack.champion() == "2"

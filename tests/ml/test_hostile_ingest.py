@@ -215,6 +215,10 @@ def test_300_character_landing_name_on_s3_is_quarantined(s3_env, monkeypatch, di
         ("images/3/sub/deep.png", "PNG", {}, "layout",
          "expected images/<label>/<file>; this file is 1 folder(s) below its label folder"),
         ("images/top.png", "PNG", {}, "layout", "expected images/<label>/<file>; this file is directly under images/"),
+        ("3/beside.png", "PNG", {}, "layout",
+         "outside images/: move label folders under landing/rows/images/ (this file to images/3/beside.png)"),
+        ("root.png", "PNG", {}, "layout",
+         "outside images/: move label folders under landing/rows/images/ (this file to images/<label>/root.png)"),
         ("images/3/notes.txt", "PNG", {}, "file_extension", "extension '.txt' is not in ingest.extensions"),
         ("images/3/README", "PNG", {}, "file_extension", "extension '(none)' is not in ingest.extensions"),
         ("images/3/pic.png", "PPM", {}, "image_format",
@@ -222,8 +226,8 @@ def test_300_character_landing_name_on_s3_is_quarantined(s3_env, monkeypatch, di
         ("images/3/pic.png", "JPEG", {"CT_INGEST__EXTENSIONS": ".png,.bmp"}, "image_format",
          "decoded format JPEG is not one that ingest.extensions allows (BMP, PNG)"),
     ],
-    ids=["nested-below-label", "directly-under-images", "txt-extension", "no-extension", "ppm-named-png",
-         "jpeg-not-allowed"],
+    ids=["nested-below-label", "directly-under-images", "label-folder-beside-images", "file-at-batch-root",
+         "txt-extension", "no-extension", "ppm-named-png", "jpeg-not-allowed"],
 )  # fmt: skip
 def test_each_row_rule_names_the_file_and_its_reason(
     lake, write_batch, digits, monkeypatch, read_keys, relpath: str, fmt: str, env: dict, rule: str, error: str
@@ -288,3 +292,66 @@ def test_oversized_object_on_s3_is_rejected_from_the_listing(s3_env, monkeypatch
     (failure,) = report_of(lake, "s3big", ["file_size"])["failures"]
     assert failure["sample_rows"][0]["uri"] == lake.uri("landing/s3big/images/3/big.png")
     assert "landing/s3big/images/3/big.png" not in read_keys
+
+
+# --- 15: files outside images/ ------------------------------------------------------------------
+
+
+def test_label_folders_directly_under_the_batch_are_named_by_layout(lake, settings, write_batch, read_keys) -> None:
+    """landing/flat/<label>/<file>, no images/ at all: every file is named, none is read, nothing is silently left out."""
+    write_batch("flat", 0, 40, commit=False)
+    root = lake.path(layout.landing("flat"))
+    for label in os.listdir(root / "images"):
+        os.rename(root / "images" / label, root / label)
+    os.rmdir(root / "images")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # what a Mac's Finder leaves behind
+    lake.write_bytes(layout.commit_marker("flat"), b"")
+
+    report = plain_ingest_quarantines(lake, settings, write_batch, "flat", ["file_extension", "layout"])
+    by_rule = {f["rule"]: f for f in report["failures"]}
+    layout_failure = by_rule["layout"]
+    assert report["rows"] == 41 and layout_failure["unexpected_count"] == 41, "every file is a row: no row_count 0"
+    assert layout_failure["fix"].startswith("move each file to landing/<batch_id>/images/<label>/<file>")
+    prefix, move = lake.uri("landing/flat") + "/", "outside images/: move label folders under landing/flat/images/"
+    errors = {row["uri"].removeprefix(prefix): row["error"] for row in layout_failure["sample_rows"]}
+    assert errors.pop(".DS_Store") == f"{move} (this file to images/<label>/.DS_Store)"
+    assert len(errors) == 19 and all(error == f"{move} (this file to images/{rel})" for rel, error in errors.items())
+    assert by_rule["file_extension"]["sample_rows"][0]["uri"] == lake.uri("landing/flat/.DS_Store")
+    assert quarantined_manifest(lake, "flat")["label"].isna().all(), "a folder outside images/ is no label"
+    assert [key for key in read_keys if key.startswith("landing/flat/")] == [layout.commit_marker("flat")], (
+        "a file outside images/ is never read"
+    )
+
+
+def test_links_beside_images_are_flagged_and_not_followed(lake, settings, write_batch, tmp_path, read_keys) -> None:
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "x.png").write_bytes(b"outside the lake")
+    write_batch("links", 0, 40)
+    root = lake.path(layout.landing("links"))
+    os.symlink(tmp_path / "secret", root / "cat")
+    os.symlink(tmp_path / "secret" / "x.png", root / "x.png")
+    ingest_batch(lake, "links", settings)
+    by_rule = {f["rule"]: f for f in report_of(lake, "links", ["layout", "path_inside_batch"])["failures"]}
+    assert {row["uri"] for row in by_rule["path_inside_batch"]["sample_rows"]} == {"cat", "x.png"}
+    assert {row["uri"] for row in by_rule["layout"]["sample_rows"]} == {"cat", "x.png"}
+    manifest = quarantined_manifest(lake, "links").set_index("uri")
+    assert manifest.loc[["cat", "x.png"], "sha256"].isna().all(), "a link out of the batch is never read"
+    assert not manifest.index.str.contains("secret").any(), "a linked folder is not walked into"
+    assert not [key for key in read_keys if key.startswith(("landing/links/cat", "landing/links/x.png"))]
+
+
+def test_label_folders_under_the_batch_on_s3_are_named_by_layout(s3_env, monkeypatch, digits, read_keys) -> None:
+    monkeypatch.setenv("CT_LAKE_URI", f"s3://{s3_env}/lake")
+    settings = load_settings()
+    lake = Lake.from_uri(settings.lake_uri)
+    write_to(lake, "s3flat", digits[0][:30], digits[1][:30], {"cat/x.png": png_bytes(digits[0][900])}, commit=False)
+    for placeholder in ("lake/landing/s3flat/", "lake/landing/s3flat/images/"):  # what an S3 console's "folder" is
+        lake.client.put_object(Bucket=s3_env, Key=placeholder, Body=b"")  # type: ignore[attr-defined]
+    lake.write_bytes(layout.commit_marker("s3flat"), b"")
+    ingest_batch(lake, "s3flat", settings)
+    (failure,) = report_of(lake, "s3flat", ["layout"])["failures"]
+    assert failure["sample_rows"] == [{
+        "uri": lake.uri("landing/s3flat/cat/x.png"),
+        "error": "outside images/: move label folders under landing/s3flat/images/ (this file to images/cat/x.png)",
+    }]  # fmt: skip
+    assert "landing/s3flat/cat/x.png" not in read_keys

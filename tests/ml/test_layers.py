@@ -1,6 +1,6 @@
 """The layering rules, read from the source: ``ml/`` never imports Airflow, and the training core
-(``ml/model/``, ``ml/training/``) imports only torch, torchvision, numpy and itself, so that it runs
-on a bare GPU host. Imports inside functions count too."""
+(``ml/model/``, ``ml/training/``) imports only torch, torchvision, numpy, Pillow, ct's errors and
+itself, so that it runs on a bare GPU host. Imports inside functions count too."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ML = REPO / "ml"
 CORE = ("model", "training")
-CORE_LIBS = {"torch", "torchvision", "numpy"}
+# Pillow comes with torchvision; the preprocessing that ingest, evaluation and serving share decodes with it.
+CORE_LIBS = {"torch", "torchvision", "numpy", "PIL"}
+CORE_ML = ("ml.model", "ml.training", "ml.errors")  # ml.errors: exceptions and exit codes, the standard library only
 # Imported only inside the ONNX parity check, which a serving team runs; training never reaches it.
 CORE_OPTIONAL = {"onnxruntime"}
 
@@ -54,7 +56,7 @@ def test_ml_never_imports_airflow() -> None:
 
 
 def test_training_core_imports_only_torch_torchvision_numpy_and_itself() -> None:
-    allowed_ml = tuple(f"ml.{part}" for part in CORE)
+    allowed_ml = CORE_ML
     offenders = {}
     for path in [p for part in CORE for p in modules(part)]:
         bad = sorted(
@@ -79,3 +81,11 @@ def test_importing_the_training_core_loads_nothing_else() -> None:
     loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
     assert {"torch", "numpy"} <= loaded
     assert not loaded & {"pandas", "mlflow", "boto3", "pydantic", "great_expectations", "evidently", "airflow", "yaml"}
+
+
+def test_the_configuration_knows_the_networks_the_factory_builds() -> None:
+    """Config load refuses an unknown ``train.arch`` without importing torch, from its own list of the names."""
+    from ml.config import BUILTIN_ARCHS
+    from ml.model.factory import ARCHS
+
+    assert BUILTIN_ARCHS == ARCHS

@@ -192,3 +192,20 @@ def test_class_balance_is_a_whole_batch_rule(lake, settings, write_batch, digits
     ingest_batch(lake, "lopsided", settings)
     failure = quarantined_rules(lake, "lopsided")["class_balance"]
     assert failure["level"] == "batch" and failure["sample_rows"][0]["uri"] == "label:0"
+
+
+def test_identical_corrupt_files_are_counted_once_under_their_real_rule(lake, settings, write_batch, digits) -> None:
+    whole = digit_png(digits, 900)
+    cut = whole[: len(whole) // 2]
+    write_batch("twins", 0, 40, extra_files={"images/1/cut.png": cut, "images/2/cut-copy.png": cut,
+                                              "images/3/empty.png": b"", "images/4/empty-too.png": b""})  # fmt: skip
+    ingest_batch(lake, "twins", settings)
+    report = lake.read_json(layout.quarantine_report("twins"))
+    assert report["failed_rules"] == ["image_decodes"], "a copy of a file that does not decode is no duplicate image"
+    (failure,) = report["failures"]
+    assert failure["unexpected_count"] == 4
+    assert sorted(row["uri"].rsplit("/", 1)[-1] for row in failure["sample_rows"]) == [
+        "cut-copy.png", "cut.png", "empty-too.png", "empty.png"]  # fmt: skip
+    manifest = pd.read_parquet(lake.path(layout.quarantine_manifest("twins")))  # type: ignore[attr-defined]
+    corrupt = manifest[~manifest["decode_ok"].astype(bool)]
+    assert len(corrupt) == 4 and corrupt["sha256"].notna().all() and corrupt["dup_of"].isna().all()

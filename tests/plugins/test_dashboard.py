@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ml import layout, overview
+from ml.release import registry
 
 ROUTES = ["/", "/decision/20260101T000000.000000-gate-k", "/drift", "/data", "/report/reports/x.json",
           "/lake/reports/x.json", "/decisions"]  # fmt: skip
@@ -135,6 +136,9 @@ def test_the_pages_tell_the_story_of_promote_reject_rollback_and_quarantine(
     for target in ("/ct/report/reports/ct_retrain/r2/eval.json", "/ct/lake/reports/ct_retrain/r2/drift.html",
                    "/#/models/ct-classifier/versions/2", "/#/models/ct-classifier/versions/1"):  # fmt: skip
         assert target in detail.text, target
+    # The candidate's training run in MLflow: its curves were logged epoch by epoch.
+    train_run = registry.get_version(registry.client(settings), settings.model_name, "2").run_id
+    assert f'id="train-run" href="http://127.0.0.1:5000/#/runs/{train_run}"' in detail.text
     assert client.get("/report/reports/ct_retrain/r2/eval.json").status_code == 200
     assert client.get("/decision/20990101T000000.000000-gate-nope").status_code == 404
     assert client.get("/decision/..%2F..%2Fpolicy").status_code == 404

@@ -111,13 +111,14 @@ def finished(train, cluster, task_context):  # type: ignore[no-untyped-def]
 
 
 def test_a_normal_result_is_the_tasks_xcom_and_feeds_the_links(finished, cluster) -> None:
-    from ct_airflow.ui.links import MlflowModelLink
+    from ct_airflow.ui.links import MlflowModelLink, MlflowRunLink
 
     result = {"model_version": "7", "run_id": "abc", "run_key": RUN_KEY}
     task, pod_name, reentry = finished(0, result)
     assert reentry() == result
     assert task.step_result == result
     assert MlflowModelLink().get_link(task, ti_key=None).endswith("/#/models/ct-classifier/versions/7")
+    assert MlflowRunLink().get_link(task, ti_key=None).endswith("/#/runs/abc")
     assert cluster.deleted == [pod_name], "a succeeded pod is deleted"
     # The pod's log lines are fetched into the task log: since the last fetch, not followed (logging_interval).
     assert cluster.api.read_namespaced_pod_log.call_args.kwargs["follow"] is False

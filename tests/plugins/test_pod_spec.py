@@ -187,7 +187,11 @@ def test_every_ct_task_of_every_dag_follows_the_runner(
         serialized = json.dumps(DagSerialization.to_dict(dag), default=str)  # what the dag-processor stores
         assert "CT_CONFIG_JSON" not in serialized, "the configuration reaches pods at run time, not via the DAG"
         for task_id in STEP_TASKS[dag.dag_id]:
-            assert {link.name for link in dag.get_task(task_id).operator_extra_links} == {"ct report", "MLflow model"}
+            assert {link.name for link in dag.get_task(task_id).operator_extra_links} == {
+                "ct report",
+                "MLflow model",
+                "MLflow training run",
+            }
 
 
 #: What only the kubernetes runner may import: ct's pod module, the provider's operator and the Kubernetes clients.

@@ -3,16 +3,20 @@
 ``python -m ct_airflow.launcher.local demo|up|drop-batch|env`` (the Makefile's targets call it). Everything
 lives under ``CT_HOME`` (``./.ct``): ``postgres/`` (the PostgreSQL server that holds Airflow's
 metadata and MLflow's backend store, on a Unix socket), ``airflow/`` (LocalExecutor, logs),
-``mlartifacts/`` and ``lake/``. Every server listens on 127.0.0.1 or on no port at all.
+``mlartifacts/`` and ``lake/``. Every server listens on 127.0.0.1 or on no port at all: the Airflow
+api-server on ``AIRFLOW_PORT`` (8080) and ``mlflow server`` on ``MLFLOW_PORT`` (5000), the names
+docker-compose's ``.env`` uses for the same two ports.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -32,8 +36,14 @@ from ct_airflow.launcher import postgres
 from ml.config import embedded_database_uri
 
 REPO = Path(__file__).resolve().parents[3]
-AIRFLOW_PORT = 8080
-MLFLOW_PORT = 5000
+#: The environment variables that move ``make up``'s ports (``make up AIRFLOW_PORT=8081 MLFLOW_PORT=5001``).
+#: Not ``CT_`` settings: they are where this launcher binds, like the same names in docker-compose's ``.env``
+#: (``mlflow server`` itself reads ``MLFLOW_PORT`` as its ``--port``). The settings that hold the links
+#: people follow (``mlflow_ui_url``, ``dashboard_url``) follow them unless they are set (see :func:`link_env`).
+AIRFLOW_PORT_ENV = "AIRFLOW_PORT"
+MLFLOW_PORT_ENV = "MLFLOW_PORT"
+DEFAULT_AIRFLOW_PORT = 8080
+DEFAULT_MLFLOW_PORT = 5000
 ADMIN = "admin"
 #: The marker Airflow's listener hooks are found by (``airflow.listeners.hookimpl`` is this marker); taken
 #: from pluggy so that importing this module does not import Airflow before ``embedded_env`` is applied.
@@ -44,9 +54,131 @@ def ct_home() -> Path:
     return Path(os.environ.get("CT_HOME") or REPO / ".ct").resolve()
 
 
-def embedded_env(home: Path | None = None, refresh_interval: int = 5) -> dict[str, str]:
-    """Environment for Airflow and the ``ml`` steps in the embedded profile."""
+class PortError(ValueError):
+    """A port setting is unusable, or the port is taken; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where ``make up``'s two servers listen on 127.0.0.1."""
+
+    airflow: int = DEFAULT_AIRFLOW_PORT
+    mlflow: int = DEFAULT_MLFLOW_PORT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Ports:
+        environ = os.environ if environ is None else environ
+        ports = cls(
+            _port(environ, AIRFLOW_PORT_ENV, DEFAULT_AIRFLOW_PORT), _port(environ, MLFLOW_PORT_ENV, DEFAULT_MLFLOW_PORT)
+        )
+        if ports.airflow == ports.mlflow:
+            raise PortError(f"{AIRFLOW_PORT_ENV} and {MLFLOW_PORT_ENV} are both {ports.airflow}; "
+                            "Airflow and MLflow need a port each")  # fmt: skip
+        return ports
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow}"
+
+    def named(self) -> list[tuple[int, str, str]]:
+        """``(port, what listens there, the variable that moves it)`` for each server."""
+        return [(self.airflow, "Airflow UI", AIRFLOW_PORT_ENV), (self.mlflow, "MLflow UI", MLFLOW_PORT_ENV)]
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise PortError(f"{name}={raw!r} is not a port number (1-65535)")
+    return int(raw)
+
+
+def port_is_free(port: int) -> bool:
+    """True when a server could listen on 127.0.0.1:``port`` now (the check binds, as the server will)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As uvicorn and gunicorn do: a port whose last connections are still in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports_free(ports: Ports) -> None:
+    """Raise :class:`PortError` naming each taken port and the ``make up`` line that moves it to a free one."""
+    busy = [(port, what, name) for port, what, name in ports.named() if not port_is_free(port)]
+    if not busy:
+        return
+    taken = {ports.airflow, ports.mlflow}
+    moves = []
+    for port, _what, name in busy:
+        candidates = range(port + 1, min(port + 200, 65536))
+        other = next((p for p in candidates if p not in taken and port_is_free(p)), None)
+        taken.add(other or port)
+        moves.append(f"{name}={other or '<a free port>'}")
+    said = " and ".join(f"{port} ({what})" for port, what, _ in busy)
+    if len(busy) == 1:
+        raise PortError(f"port {said} is in use; free it or pick another: make up {moves[0]}")
+    raise PortError(f"ports {said} are in use; free them or pick others: make up {' '.join(moves)}")
+
+
+def link_env(ports: Ports, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``CT_MLFLOW_UI_URL`` and ``CT_DASHBOARD_URL`` for ports moved from their defaults, so that the links
+    ct writes (the "MLflow model" link, MLflow's ``ct.gate.report`` tag) lead to this machine's servers.
+
+    A link that is configured (in the environment or the ``ct.yaml`` that ``CT_CONFIG`` names) stays as it is.
+    """
+    from ml.config import Settings, load_settings
+
+    settings = load_settings(os.environ if environ is None else environ)
+    wanted = {"mlflow_ui_url": ports.mlflow_url, "dashboard_url": f"{ports.airflow_url}/ct"}
+    return {
+        f"CT_{name.upper()}": url
+        for name, url in wanted.items()
+        if getattr(settings, name) == Settings.model_fields[name].default != url
+    }
+
+
+def _path_list(*entries: str | None) -> str:
+    """``os.pathsep``-joined, each entry once, in order (``eval``-ing ``env`` twice must not grow it)."""
+    seen: list[str] = []
+    for entry in entries:
+        for part in (entry or "").split(os.pathsep):
+            if part and part not in seen:
+                seen.append(part)
+    return os.pathsep.join(seen)
+
+
+def fernet_key(home: Path) -> str:
+    """The key Airflow encrypts connections and trigger arguments with: one per home, in ``airflow/fernet.key``.
+
+    Without one in the environment, an Airflow process that finds no ``airflow.cfg`` makes up its own
+    key; processes started together (``make up``'s four, a test session's) then write rows the others
+    cannot read (a trigger's arguments fail to decrypt). Created once, atomically (a link cannot
+    replace a file another process linked first), readable by its owner only.
+    """
+    path = home / "airflow" / "fernet.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".fernet.key.{os.getpid()}")
+        draft.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        draft.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
+    return path.read_text().strip()
+
+
+def embedded_env(home: Path | None = None, refresh_interval: int = 5, ports: Ports | None = None) -> dict[str, str]:
+    """Environment for Airflow and the ``ml`` steps in the embedded profile; ``ports`` default to the environment's."""
     home = home or ct_home()
+    ports = ports or Ports.from_env()
     airflow_home = home / "airflow"
     return {
         "CT_HOME": str(home),
@@ -56,14 +188,19 @@ def embedded_env(home: Path | None = None, refresh_interval: int = 5) -> dict[st
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__FERNET_KEY": fernet_key(home),
         # The embedded PostgreSQL (ct_airflow.launcher.postgres); Airflow derives its asyncpg URI from this one.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": embedded_database_uri(home, "airflow"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(refresh_interval),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{AIRFLOW_PORT}/execution/",
+        "AIRFLOW__API__PORT": str(ports.airflow),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{ports.airflow_url}/execution/",
+        # Carried along, so that whatever this environment starts (service_commands, server_env) agrees.
+        AIRFLOW_PORT_ENV: str(ports.airflow),
+        MLFLOW_PORT_ENV: str(ports.mlflow),
+        **link_env(ports),
         # Off by default; if someone turns it on, it must not listen on 0.0.0.0 (its default host).
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -74,13 +211,13 @@ def embedded_env(home: Path | None = None, refresh_interval: int = 5) -> dict[st
         # `mlflow server` would start four job-queue consumers (about 30 workers) for GenAI jobs ct never runs.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # Whatever runs `airflow ...` from PATH (`airflow standalone`, if run by hand, does) gets this venv's.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH")])),
+        "PATH": _path_list(str(Path(sys.executable).parent), os.environ.get("PATH")),
+        "PYTHONPATH": _path_list(str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH")),
     }
 
 
-def apply_env(home: Path | None = None) -> dict[str, str]:
-    env = embedded_env(home)
+def apply_env(home: Path | None = None, ports: Ports | None = None) -> dict[str, str]:
+    env = embedded_env(home, ports=ports)
     os.environ.update(env)
     for path in (str(REPO / "plugins"), str(REPO)):
         if path not in sys.path:
@@ -350,8 +487,9 @@ def _play(home: Path, env: Mapping[str, str]) -> int:
     print(f"Finished in {time.perf_counter() - started:.0f} s. Where to look next:")
     print(f"  reports and decisions  {lake.uri('reports')}/ct_retrain/<run_key>/ (gate.md, drift.html)")
     print(f"  quarantined batches    {lake.uri('quarantine')}/")
-    print(f"  MLflow                 make up, then http://127.0.0.1:{MLFLOW_PORT} (runs, models, @champion)")
-    print(f"  Airflow UI             make up, then http://127.0.0.1:{AIRFLOW_PORT} (these DAG runs, their logs)")
+    ports = Ports.from_env(env)
+    print(f"  MLflow                 make up, then {ports.mlflow_url} (runs, models, @champion)")
+    print(f"  Airflow UI             make up, then {ports.airflow_url} (these DAG runs, their logs)")
     failed = [r for r in rows if r["ingest"] != "success" and not r["validation"].startswith("quarantined")]
     return 1 if failed else 0
 
@@ -383,7 +521,7 @@ class Service:
     process: subprocess.Popen[bytes]
 
 
-def service_commands(env: Mapping[str, str], mlflow_port: int = MLFLOW_PORT) -> dict[str, list[str]]:
+def service_commands(env: Mapping[str, str], mlflow_port: int | None = None) -> dict[str, list[str]]:
     """What ``make up`` runs: Airflow's four components and the MLflow UI, each on 127.0.0.1 or on no port.
 
     Not ``airflow standalone``: it starts ``airflow scheduler`` and ``airflow triggerer`` with no
@@ -392,11 +530,13 @@ def service_commands(env: Mapping[str, str], mlflow_port: int = MLFLOW_PORT) -> 
     interface (``uvicorn.run(host="")`` in airflow/utils/serve_logs/core.py); no setting changes it.
     Those servers let an api-server on another machine fetch log files. Here every component writes,
     and the api-server reads, the same ``$AIRFLOW_HOME/logs``, so ``--skip-serve-logs`` turns them off.
-    The api-server takes its host and port from ``[api] host`` and ``port`` (see :func:`embedded_env`).
+    The api-server takes its host and port from ``[api] host`` and ``port`` (see :func:`embedded_env`);
+    MLflow's port is ``mlflow_port``, else ``env``'s ``MLFLOW_PORT``.
     """
     from ml.config import load_settings
 
     settings = load_settings(env)
+    mlflow_port = mlflow_port or Ports.from_env(env).mlflow
     bindir = Path(sys.executable).parent
     airflow = str(bindir / "airflow")
     return {
@@ -412,9 +552,14 @@ def service_commands(env: Mapping[str, str], mlflow_port: int = MLFLOW_PORT) -> 
     }  # fmt: skip
 
 
-def server_env(env: Mapping[str, str], mlflow_port: int = MLFLOW_PORT) -> dict[str, str]:
+def server_env(env: Mapping[str, str], mlflow_port: int | None = None) -> dict[str, str]:
     """The environment of Airflow's components when MLflow runs as a server: steps use its HTTP API,
-    as they do in production, and the server stores (and proxies) the artifacts of new experiments."""
+    as they do in production, and the server stores (and proxies) the artifacts of new experiments.
+
+    Those artifacts' URIs (``mlflow-artifacts:/...``) resolve only through the server, so every process
+    that reads models while ``make up`` runs needs this environment: ``env`` prints it for a shell.
+    """
+    mlflow_port = mlflow_port or Ports.from_env(env).mlflow
     return {**env, "CT_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
 
 
@@ -454,6 +599,22 @@ def stop_services(services: list[Service], timeout: float = 30.0) -> None:
         service.process.wait()
 
 
+def shell_exports(env: Mapping[str, str]) -> str:
+    """``export NAME=value`` lines that a POSIX shell can ``eval``, every value quoted."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+
+
+def env_command(home: Path, ports: Ports) -> str:
+    """How to give another shell this ``make up``'s environment, from any directory: its home and ports
+    are spelt out where they are not the defaults, since that shell's environment may not hold them."""
+    given = [f"CT_HOME={shlex.quote(str(home))}"] if home != (REPO / ".ct").resolve() else []
+    if ports.airflow != DEFAULT_AIRFLOW_PORT:
+        given.append(f"{AIRFLOW_PORT_ENV}={ports.airflow}")
+    if ports.mlflow != DEFAULT_MLFLOW_PORT:
+        given.append(f"{MLFLOW_PORT_ENV}={ports.mlflow}")
+    return f'eval "$({" ".join([*given, shlex.quote(sys.executable)])} -m ct_airflow.launcher.local env)"'
+
+
 def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
@@ -466,8 +627,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def up() -> int:
     """Run Airflow's scheduler, dag-processor, triggerer and api-server and the MLflow UI until interrupted."""
+    ports = Ports.from_env()
+    check_ports_free(ports)  # before anything starts: a taken port is said at once, in one line
     home = ct_home()
-    apply_env(home)
+    apply_env(home, ports)
     (home / "airflow").mkdir(parents=True, exist_ok=True)
     password = write_password(home)
     ours = not postgres.is_running(home)  # stop only a server this command started
@@ -483,13 +646,15 @@ def up() -> int:
         services = start_services(service_commands(os.environ), server_env(os.environ), sys.stdout)
         shown = False
         while not (failed := [s.name for s in services if s.process.poll() is not None]):
-            if not shown and _port_open(AIRFLOW_PORT):
+            if not shown and _port_open(ports.airflow):
                 shown = True
-                print(f"\nAirflow: http://127.0.0.1:{AIRFLOW_PORT}  user {ADMIN}, password {password}")
-                print(f"MLflow:  http://127.0.0.1:{MLFLOW_PORT}")
+                print(f"\nAirflow: {ports.airflow_url}  user {ADMIN}, password {password}")
+                print(f"MLflow:  {ports.mlflow_url}")
                 print(f"Drop a batch: write {settings.lake_uri}/landing/<batch_id>/images/<label>/*.png, "
                       "then an empty _COMMITTED file.")  # fmt: skip
-                print("Or: make drop-batch. Ctrl-C stops everything.\n", flush=True)
+                print("Or: make drop-batch. Ctrl-C stops everything.")
+                print(f"For `airflow ...` and `python -m ml ...` in another shell: {env_command(home, ports)}\n",
+                      flush=True)  # fmt: skip
             time.sleep(1)
         print(f"stopped by itself: {', '.join(failed)}; stopping the rest", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -524,17 +689,22 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="Airflow (scheduler, dag-processor, triggerer, api-server) + MLflow UI on 127.0.0.1")
     drop = sub.add_parser("drop-batch", help="commit one more demo batch into the landing area")
     drop.add_argument("--batch-id")
-    sub.add_parser("env", help="print the embedded environment as shell exports")
+    sub.add_parser("env", help="print make up's environment as shell exports (MLflow through its server)")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo()
-    if args.command == "up":
-        return up()
-    if args.command == "drop-batch":
-        return drop_batch(args.batch_id)
-    for key, value in embedded_env().items():
-        print(f"export {key}={value!r}")
-    return 0
+    try:
+        if args.command == "demo":
+            return demo()
+        if args.command == "up":
+            return up()
+        if args.command == "drop-batch":
+            return drop_batch(args.batch_id)
+        # What make up's components get: airflow finds its database and dags, `python -m ml` reads models
+        # through the MLflow server (it alone resolves the artifacts it stores), python and airflow are this venv's.
+        sys.stdout.write(shell_exports(server_env(embedded_env())))
+        return 0
+    except PortError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

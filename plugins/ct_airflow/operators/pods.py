@@ -30,7 +30,7 @@ from kubernetes.client import models as k8s
 from kubernetes.client.exceptions import ApiException
 
 from ct_airflow.operators.step import EXIT_FAILED, StepFailed, StepMixin, check_step
-from ct_airflow.ui.links import MlflowModelLink, ReportLink
+from ct_airflow.ui.links import MlflowModelLink, MlflowRunLink, ReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -88,7 +88,7 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "step_args")
     ui_color = "#e8f1fb"
-    operator_extra_links = (ReportLink(), MlflowModelLink())
+    operator_extra_links = (ReportLink(), MlflowModelLink(), MlflowRunLink())
 
     def __init__(
         self, *, step: str, step_args: Sequence[str] = (), settings: Settings | None = None, **kwargs: Any

@@ -38,7 +38,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from ct_airflow.runkey import is_backfill, replay_run_key, run_key, run_time, triggering_batch_ids
-from ct_airflow.ui.links import MlflowModelLink, ReportLink
+from ct_airflow.ui.links import MlflowModelLink, MlflowRunLink, ReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -273,7 +273,7 @@ class CtStepOperator(StepMixin, BaseOperator):
 
     template_fields: Sequence[str] = ("step_args",)
     ui_color = "#e8f1fb"
-    operator_extra_links = (ReportLink(), MlflowModelLink())
+    operator_extra_links = (ReportLink(), MlflowModelLink(), MlflowRunLink())
 
     def __init__(self, *, step: str, step_args: Sequence[str] = (), **kwargs: Any) -> None:
         check_step(step)

@@ -102,6 +102,9 @@ class Links:
     def model(self, version: Any) -> str:
         return f"{self.mlflow_ui.rstrip('/')}/#/models/{quote(self.model_name)}/versions/{quote(str(version))}"
 
+    def mlflow_run(self, run_id: str) -> str:
+        return f"{self.mlflow_ui.rstrip('/')}/#/runs/{quote(run_id, safe='')}"
+
     def run(self, dag_id: str, run_key: str) -> str:
         # A backfill's key is its run's key plus its replay's id (ct_airflow.runkey.replay_run_key).
         run_id = self.run_ids.get((dag_id, run_key)) or self.run_ids.get((dag_id, run_key.rsplit(".", 1)[0]))

@@ -7,6 +7,7 @@ links read the step's result from the operator instance that just ran.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
 
@@ -87,3 +88,16 @@ class MlflowModelLink(BaseOperatorLink):
             return ""
         settings = _settings()
         return f"{settings.mlflow_ui_url.rstrip('/')}/#/models/{settings.model_name}/versions/{version}"
+
+
+class MlflowRunLink(BaseOperatorLink):
+    """The MLflow run of a train step: its per-epoch loss, validation accuracy, learning rate and pace."""
+
+    name = "MLflow training run"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        result = getattr(operator, "step_result", None) or {}
+        run_id = result.get("run_id")
+        if not run_id:
+            return ""
+        return f"{_settings().mlflow_ui_url.rstrip('/')}/#/runs/{quote(str(run_id), safe='')}"
