@@ -102,6 +102,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """Great Expectations logs two hundred lines of its own set-up at INFO on every validation: its warnings only."""
+    return record.levelno >= logging.WARNING or not record.name.startswith("great_expectations")
+
+
 def _refuse_live_overrides(args: argparse.Namespace, lake: Lake) -> None:
     """Settings overrides are a replay's: a live run decides with ct.yaml, which its records can name."""
     from ml.data.window import load_window
@@ -253,7 +258,20 @@ def step_approval(args: argparse.Namespace, settings: Settings, lake: Lake) -> d
 
 
 def step_retrain(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
-    """drift, decide, train, evaluate and gate of one run in this process: ct_retrain's steps, without Airflow."""
+    """drift, decide, train, evaluate and gate of one run in this process: ct_retrain's steps, without Airflow.
+
+    Without ``--run-key`` it is a new run (``retrain-<UTC time>``). With the key of a run that has
+    decided already, nothing is redone: the steps return what that run recorded, and the result says so.
+    """
+    from ml.decide.policy import recorded_decision
+
+    args.run_key = args.run_key or f"retrain-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    earlier = recorded_decision(lake, args.run_key)
+    note = ""
+    if earlier:
+        note = (f"run {args.run_key} ran before (its decision: {earlier['summary']}); its steps are not redone. "
+                "Run retrain without --run-key (or with a new one) to decide on the data there is now")  # fmt: skip
+        log.warning("%s", note)
     results: dict[str, Any] = {}
     for name in ("drift", "decide", "train", "evaluate", "gate"):
         step = argparse.Namespace(
@@ -262,20 +280,27 @@ def step_retrain(args: argparse.Namespace, settings: Settings, lake: Lake) -> di
         results[name] = result = STEPS[name](step, settings, lake)
         log.info("%s: %s", name, result.get("summary") or result.get("headline") or "done")
         if "skip" in result:
-            return {"skip": f"{name}: {result['skip']}", "steps": results}
-    return {**results.pop("gate"), "steps": results}
+            return {"skip": f"{name}: {result['skip']}", "run_key": args.run_key, "steps": results,
+                    **({"rerun": note} if note else {})}  # fmt: skip
+    return {**results.pop("gate"), "steps": results, **({"rerun": note} if note else {})}
 
 
 def step_land(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
     from ml.data.land import land
 
     report = land(lake, settings, args.source, args.batch_id, args.event_time, args.dry_run)
-    if args.dry_run:  # a person reads this: the refusals one per line, then the JSON line
-        for item in report["refused"]:
-            print(f"refused  {item['file']}: {', '.join(item['rules'])}", file=sys.stderr)
-        for item in report["batch_rules_failed"]:
-            print(f"batch    {item['rule']}: {item['observed']} {item.get('fix', '')}".rstrip(), file=sys.stderr)
-        print(f"would be {report['would_be']}: {report['accepted']} of {report['files']} files accepted",
+    if args.dry_run:  # a person reads this: one line per failed rule and what to do, then the JSON line
+        for rule in report["rules"]:
+            more = rule["files"] - len(rule["first"])
+            files = ", ".join(rule["first"]) + (f" and {more:,} more" if more > 0 else "")
+            seen = f"; observed {rule['observed']}" if "observed" in rule else ""
+            what = (
+                f"{rule['files']:,} file{'s' if rule['files'] != 1 else ''}: {files}" if rule["files"] else "the batch"
+            )
+            print(f"refused  {rule['rule']}: {what}{seen}", file=sys.stderr)
+            if rule.get("fix"):
+                print(f"         fix: {rule['fix']}", file=sys.stderr)
+        print(f"would be {report['would_be']}: {report['accepted']:,} of {report['files']:,} files accepted",
               file=sys.stderr)  # fmt: skip
     return report
 
@@ -352,7 +377,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        ("evaluate", "score candidate and champion on the same rows"),
                        ("gate", "decide promotion and move @champion with compare-and-set")]:  # fmt: skip
         step = sub.add_parser(name, help=text)
-        step.add_argument("--run-key", required=True, type=_checked_id)
+        step.add_argument("--run-key", required=True, type=_checked_id, help="the run this step belongs to "
+                          "(see Run keys below)")  # fmt: skip
         step.add_argument("--settings", dest="settings_overrides", type=_overrides, default={},
                           help="a backfill's settings overrides as JSON, e.g. '{\"gate\": {\"margin\": 0.01}}' "
                           f"(sections: {', '.join(REPLAY_SECTIONS)}); validated like ct.yaml")  # fmt: skip
@@ -380,7 +406,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     approval.add_argument("--comment", default="", help="the approver's comment")
     retrain = sub.add_parser("retrain", help="run drift, decide, train, evaluate and gate for one run key, here "
                              "(what the ct_retrain DAG runs, for a pilot without Airflow)")  # fmt: skip
-    retrain.add_argument("--run-key", required=True, type=_checked_id)
+    retrain.add_argument("--run-key", type=_checked_id, help="default: a new run, retrain-<UTC time>; the key of "
+                         "an earlier run returns what it recorded")  # fmt: skip
     retrain.add_argument("--force", action="store_true", help="retrain whatever the policy says")
     land = sub.add_parser("land", help="land a folder of labelled images (or an S3 prefix) as a committed batch",
                           description="Copy <source>/<label>/<file> to landing/<batch-id>/images/<label>/<file> "
@@ -423,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         step = args.step
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+        if logging.getLogger().level > logging.DEBUG:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(_quiet_libraries)
         # A backfill's overrides apply to every step of its run, validated like ct.yaml (exit 2 if not valid).
         settings = load_settings()
         lake = Lake.from_uri(settings.lake_uri)

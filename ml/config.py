@@ -123,9 +123,10 @@ class IngestConfig(_Section):
         "fail", description="Row-level rule failures quarantine the batch (fail) or drop those rows with a record"
     )
     always_fail_rules: tuple[str, ...] = Field(
-        ("path_inside_batch", "file_name", "layout"),
+        ("path_inside_batch", "file_name", "layout", "label_in_set"),
         description="Row-level rules that fail the batch even with on_bad_rows=drop: a file that leaves the batch, "
-        "or one whose name or place the producer got wrong, says the producer is broken",
+        "or one whose name or place the producer got wrong, says the producer is broken; a folder that is not a "
+        "configured label says the labels or the producer are wrong, and dropping it would lose a class unseen",
     )
     min_side: int = Field(4, ge=1)
     max_side: int = Field(8192, ge=1)

@@ -133,10 +133,18 @@ def _rehearse(
             "would_be": verdict,
             "accepted": len(manifest) - len(refused),
             "refused": [{"file": name, "rules": rules} for name, rules in refused.items()],
-            "batch_rules_failed": [
-                {"rule": f.rule, "observed": f.observed, **({"fix": f.fix} if f.fix else {})}
-                for f in outcome.failures
-                if f.level == "batch"
-            ],
+            "rules": [_rule_summary(f, prefix) for f in outcome.failures],
             "failed_rules": sorted({f.rule for f in outcome.failures}),
         }
+
+
+def _rule_summary(failure: Any, prefix: str) -> dict[str, Any]:
+    """One failed rule as a person reads it: how many files, the first few, what was seen and what to do."""
+    files = [uri.removeprefix(prefix) for uri in failure.uris]
+    return {"rule": failure.rule, "level": failure.level, "files": len(files), "first": files[:SHOWN],
+            **({"observed": failure.observed} if failure.observed not in (None, "", []) else {}),
+            **({"fix": failure.fix} if failure.fix else {})}  # fmt: skip
+
+
+#: Files named per rule in the dry run's lines (the JSON lists every refused file).
+SHOWN = 3

@@ -44,6 +44,8 @@ class Check:
     fix: str = ""  # what to do about a failure, where one sentence fits every case
 
 
+_DROP = " (or set ingest.on_bad_rows: drop to drop such files with a record)"
+
 #: Ingest's own rules. Row rules are evaluated on every listed file; batch rules stop the batch
 #: before any file is read.
 INGEST_CHECKS = {check.rule: check for check in (
@@ -54,10 +56,13 @@ INGEST_CHECKS = {check.rule: check for check in (
           "never read",
           fix="move each file to landing/<batch_id>/images/<label>/<file>: label folders go directly under "
           "images/, files directly into their label folder; the sample rows say where each belongs"),
-    Check("file_extension", "row", "every file's lower-cased suffix is in ingest.extensions; other files are never read"),
-    Check("file_size", "row", "every file is at most ingest.max_file_bytes, from the listing; larger files are never read"),
+    Check("file_extension", "row", "every file's lower-cased suffix is in ingest.extensions; other files are never read",
+          fix="remove the listed files from the batch, or add their suffix to ingest.extensions" + _DROP),
+    Check("file_size", "row", "every file is at most ingest.max_file_bytes, from the listing; larger files are never read",
+          fix="shrink the listed files, or raise ingest.max_file_bytes" + _DROP),
     Check("image_format", "row", "every file decodes as a format that ingest.extensions allows (a JPEG named .png "
-          "passes; a PSD, ICO or EPS named .png does not, and its pixels are never decoded)"),
+          "passes; a PSD, ICO or EPS named .png does not, and its pixels are never decoded)",
+          fix="convert the listed files to an image format ingest.extensions allows" + _DROP),
     Check("batch_name", "batch", "the landing folder's name is a valid batch id; an invalid-named folder is "
           "quarantined under invalid-name-<sha256 of its name>, never read"),
     Check("batch_root", "batch", "landing/<batch_id> and its images/ are real folders at exactly that place in "
@@ -204,8 +209,9 @@ def _listed(values: list[str], limit: int = 20) -> str:
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 
-def _explained(rule: str, details: dict[str, Any], settings: Settings) -> tuple[Any, str]:
-    """``observed`` and ``fix`` for a failed GX rule whose result alone does not say what to do, from the settings."""
+def _explained(rule: str, details: dict[str, Any], meta: dict[str, Any], settings: Settings) -> tuple[Any, str]:
+    """``observed`` and ``fix`` of a failed GX rule: from the settings where the result alone does not say what
+    to do, else the suite's own ``fix``."""
     observed = details.get("observed_value")
     if rule == "label_in_set":
         # GX's result names the offending values but observes nothing; the unknown labels are what to act on.
@@ -224,7 +230,7 @@ def _explained(rule: str, details: dict[str, Any], settings: Settings) -> tuple[
         else:
             where, todo = f"the batch has {rows:,} files", "split it into smaller batches, or raise ingest.max_rows"
         return observed, f"{where}; {limits} allow {cfg.min_rows:,} to {cfg.max_rows:,}: {todo}"
-    return observed, ""
+    return observed, str(meta.get("fix", ""))
 
 
 def _failure(res: Any, settings: Settings) -> RuleFailure:
@@ -236,7 +242,7 @@ def _failure(res: Any, settings: Settings) -> RuleFailure:
     indexed = [row for row in (details.get("unexpected_index_list") or []) if isinstance(row, dict)]
     samples = [{"uri": str(r.get("uri")), **({"error": str(r["error"])} if r.get("error") else {})} for r in indexed]
     rule = str(meta.get("rule", config.type))
-    observed, fix = _explained(rule, details, settings)
+    observed, fix = _explained(rule, details, meta, settings)
     return RuleFailure(
         rule=rule,
         level=str(meta.get("level", "batch")),

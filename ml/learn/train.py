@@ -264,6 +264,9 @@ def _fit_window(
             raise CtError(f"window {window.run_key} has no training rows in {window.train_batches}")
         val_split = rows_of(reader, window.train_batches, "val", settings.labels, size=settings.image.size)
         loader = loader_for(train_rows, settings, device, world=dist.world, rank=dist.rank)
+        log.info("training %s on %d rows (%d for validation) on %s, up to %d epochs%s", settings.train.network,
+                 len(train_rows), len(val_split), device, settings.train.epochs,
+                 f", from {init.source}" if init else "")  # fmt: skip
         result = run_fit(
             model, loader, fit_config(settings), device, fingerprint(settings, window, init.sha256 if init else None),
             checkpoints=LakeCheckpoints(lake, window.run_key), validate=_validator(val_split, device), dist=dist,

@@ -257,7 +257,7 @@ def test_droppable_row_rules_are_dropped_with_every_rule_they_failed(lake, write
     monkeypatch.setenv("CT_INGEST__ON_BAD_ROWS", "drop")
     monkeypatch.setenv("CT_INGEST__MAX_FILE_BYTES", "4000")
     write_batch("droppable", 0, 40, extra_files={
-        "images/zebra/notes.txt": png_bytes(digits[0][900]),  # two rules at once
+        "images/6/notes.txt": png_bytes(digits[0][900]) + b"\0" * 5000,  # two rules at once
         "images/3/pic.png": encoded(digits, 901, "PPM"),
         "images/4/big.png": png_bytes(digits[0][902]) + b"\0" * 5000,
         "images/5/UPPER.PNG": png_bytes(digits[0][903]),  # suffixes compare lower-cased: kept
@@ -266,7 +266,7 @@ def test_droppable_row_rules_are_dropped_with_every_rule_they_failed(lake, write
     assert result["status"] == "curated" and result["images"] == 41 and result["dropped"] == 3
     dropped = lake.read_json(layout.report(layout.INGEST_DAG, "droppable", "dropped.json"))
     assert sorted((d["uri"].rsplit("/", 1)[-1], d["dropped_by"]) for d in dropped) == [
-        ("big.png", ["file_size"]), ("notes.txt", ["file_extension", "label_in_set"]), ("pic.png", ["image_format"])]  # fmt: skip
+        ("big.png", ["file_size"]), ("notes.txt", ["file_extension", "file_size"]), ("pic.png", ["image_format"])]  # fmt: skip
     assert read_manifest(lake, "droppable")["uri"].str.endswith("UPPER.PNG").any()
 
 

@@ -164,15 +164,28 @@ def test_duplicates_within_the_batch_and_against_curated_data(lake, settings, wr
 
 def test_drop_policy_drops_bad_rows_with_a_record(lake, write_batch, monkeypatch) -> None:
     monkeypatch.setenv("CT_INGEST__ON_BAD_ROWS", "drop")
-    write_batch("mixed", 0, 60, extra_files={"images/1/bad.png": b"nope", "images/zebra/z.png": b"\x89PNG"})
+    write_batch("mixed", 0, 60, extra_files={"images/1/bad.png": b"nope", "images/2/z.png": b"\x89PNG"})
     result = ingest_batch(lake, "mixed", load_settings())
     assert result["status"] == "curated" and result["images"] == 60 and result["dropped"] == 2
     dropped = lake.read_json(layout.report(layout.INGEST_DAG, "mixed", "dropped.json"))
     assert sorted((d["uri"].rsplit("/", 1)[-1], d["dropped_by"]) for d in dropped) == [
-        ("bad.png", ["image_decodes"]), ("z.png", ["image_decodes", "label_in_set"])]  # fmt: skip
+        ("bad.png", ["image_decodes"]), ("z.png", ["image_decodes"])]  # fmt: skip
     manifest = read_manifest(lake, "mixed")
     assert manifest["row"].tolist() == list(range(60)), "the shard is re-indexed to the kept rows"
     assert lake.exists(layout.report(layout.INGEST_DAG, "mixed", "validation.html"))
+
+
+def test_drop_policy_never_drops_a_folder_that_is_not_a_label(lake, write_batch, digits, monkeypatch) -> None:
+    """A misspelt label folder (horses for horse) is a whole class: dropping it would lose it without a word."""
+    from ml.demo import png_bytes
+
+    monkeypatch.setenv("CT_INGEST__ON_BAD_ROWS", "drop")
+    extra = {f"images/sevens/{i}.png": png_bytes(digits[0][900 + i]) for i in range(5)}
+    write_batch("misspelt", 0, 60, extra_files=extra)
+    result = ingest_batch(lake, "misspelt", load_settings())
+    assert result["status"] == "quarantined" and result["failed_rules"] == ["label_in_set"]
+    report = lake.read_json(layout.quarantine_report("misspelt"))
+    assert report["failures"][0]["observed"] == ["sevens"] and report["dropped_rows"] == 0
 
 
 def test_drop_policy_still_fails_on_escapes_and_whole_batch_rules(lake, write_batch, monkeypatch, tmp_path) -> None:

@@ -57,7 +57,11 @@ def test_a_folder_of_photos_becomes_a_first_champion(ct_home, tmp_path, monkeypa
     refused = {item["file"]: item["rules"] for item in rehearsal["refused"]}
     assert refused == {f"images/{photos.corrupt}": ["image_decodes"], f"images/{photos.misplaced}": ["layout"]}
     assert rehearsal["would_be"] == "quarantined" and rehearsal["accepted"] == photos.files - 2
-    assert f"refused  images/{photos.misplaced}: layout" in rehearsal["_stderr"]
+    by_rule = {rule["rule"]: rule for rule in rehearsal["rules"]}
+    assert by_rule["layout"]["first"] == [f"images/{photos.misplaced}"] and "move each file" in by_rule["layout"]["fix"]
+    assert by_rule["image_decodes"]["files"] == 1 and "re-export or remove" in by_rule["image_decodes"]["fix"]
+    assert f"refused  layout: 1 file: images/{photos.misplaced}" in rehearsal["_stderr"]
+    assert "great_expectations" not in rehearsal["_stderr"], "the library's set-up chatter stays out of the way"
     assert not lake.exists(layout.landing("photos-1")) and lake.list_keys(layout.LANDING) == []
     assert rehearsal["not_landed"] == [".DS_Store", "cat/._IMG_0001.jpg"], "hidden files are not photos"
 
@@ -91,10 +95,14 @@ def test_a_folder_of_photos_becomes_a_first_champion(ct_home, tmp_path, monkeypa
     assert np.abs(pixels.astype(int) - square(sideways, side, "letterbox").astype(int)).mean() > 10
 
     # One command retrains and gates: the first model clears the example's floor and becomes champion.
-    gate = ct("retrain", "--run-key", "first")
+    gate = ct("retrain")
     assert gate["decision"] == "promote" and gate["candidate_accuracy"] >= settings.gate.floor_accuracy, gate
     champion = registry.champion(registry.client(settings), settings.model_name)
     assert champion is not None and champion.version == gate["candidate_version"]
+    # Its key again redoes nothing, and says so; without a key, a new run decides on the data there is now.
+    again = ct("retrain", "--run-key", gate["run_key"])
+    assert again["candidate_version"] == gate["candidate_version"] and "ran before" in again["rerun"]
+    assert "no new data" in ct("retrain")["skip"]
     assert os.environ["CT_CONFIG"] == str(tmp_path / "ct.yaml")
 
 
