@@ -53,7 +53,7 @@ def stack() -> Iterator[Stack]:
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
         "CT_GATE__FLOOR_ACCURACY": "0.5",  # a first model trained on 207 images
     })  # fmt: skip
-    (home / "airflow").mkdir(parents=True)
+    (home / "airflow").mkdir(parents=True, exist_ok=True)  # embedded_env keeps its fernet key there
     postgres.start(home)
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip

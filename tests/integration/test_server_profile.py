@@ -178,7 +178,7 @@ def stack(moto_s3: str) -> Iterator[Stack]:
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",  # a backfill run waits on scheduler loops; fewer idle seconds
         "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
     })  # fmt: skip
-    (home / "airflow").mkdir(parents=True)
+    (home / "airflow").mkdir(parents=True, exist_ok=True)  # embedded_env keeps its fernet key there
     postgres.start(home)
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip

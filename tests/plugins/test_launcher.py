@@ -245,3 +245,23 @@ def test_the_env_shell_reads_models_through_make_ups_mlflow_server(tmp_path: Pat
                     cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "not really a model"
+
+
+# -- one fernet key per home -------------------------------------------------------------------
+def test_every_process_of_a_home_encrypts_with_the_same_fernet_key(tmp_path: Path) -> None:
+    """Without it, Airflow processes that start together make up keys of their own, and a trigger's
+    arguments one of them encrypted cannot be read by another."""
+    from cryptography.fernet import Fernet
+
+    from ct_airflow.launcher.local import fernet_key
+
+    first = embedded_env(tmp_path / "a")["AIRFLOW__CORE__FERNET_KEY"]
+    assert embedded_env(tmp_path / "a")["AIRFLOW__CORE__FERNET_KEY"] == first == fernet_key(tmp_path / "a")
+    assert Fernet(first.encode()).decrypt(Fernet(first.encode()).encrypt(b"{}")) == b"{}"
+    assert (tmp_path / "a" / "airflow" / "fernet.key").stat().st_mode & 0o777 == 0o600
+    assert fernet_key(tmp_path / "b") != first, "each home its own"
+    # A home from before ct kept its key: the one its airflow.cfg holds, so existing rows stay readable.
+    legacy = Fernet.generate_key().decode()
+    (tmp_path / "c" / "airflow").mkdir(parents=True)
+    (tmp_path / "c" / "airflow" / "airflow.cfg").write_text(f"[core]\nfernet_key = {legacy}\n")
+    assert fernet_key(tmp_path / "c") == legacy

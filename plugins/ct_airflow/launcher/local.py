@@ -161,18 +161,29 @@ def fernet_key(home: Path) -> str:
     Without one in the environment, an Airflow process that finds no ``airflow.cfg`` makes up its own
     key; processes started together (``make up``'s four, a test session's) then write rows the others
     cannot read (a trigger's arguments fail to decrypt). Created once, atomically (a link cannot
-    replace a file another process linked first), readable by its owner only.
+    replace a file another process linked first), readable by its owner only; a home whose
+    ``airflow.cfg`` already holds a key keeps that one, so the rows encrypted with it stay readable.
     """
     path = home / "airflow" / "fernet.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".fernet.key.{os.getpid()}")
-        draft.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        draft.write_text(_configured_fernet_key(home) or base64.urlsafe_b64encode(os.urandom(32)).decode())
         draft.chmod(0o600)
         with contextlib.suppress(FileExistsError):
             os.link(draft, path)
         draft.unlink()
     return path.read_text().strip()
+
+
+def _configured_fernet_key(home: Path) -> str:
+    """The key an existing ``airflow.cfg`` of this home holds (a home from before ct kept its own), or ''."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    with contextlib.suppress(configparser.Error, OSError):
+        parser.read(home / "airflow" / "airflow.cfg")
+    return parser.get("core", "fernet_key", fallback="").strip()
 
 
 def embedded_env(home: Path | None = None, refresh_interval: int = 5, ports: Ports | None = None) -> dict[str, str]:
