@@ -39,7 +39,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, dict]:
     seconds = time.perf_counter() - started
     lines = out.strip().splitlines()
     result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-    if process.returncode not in (0,):
+    if process.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {process.returncode}: {result}")
     return seconds, usage.ru_maxrss / 1024, result
 
