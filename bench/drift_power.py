@@ -148,7 +148,7 @@ def train_champion(arrays: np.ndarray, labels: np.ndarray, settings: Any) -> Any
 
     from ml.data.curated import Split
     from ml.learn.train import fit
-    from ml.model import build_model
+    from ml.model.factory import build_model
 
     torch.manual_seed(settings.train.seed)
     model = build_model("digits_cnn", 1, 10)

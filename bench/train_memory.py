@@ -26,7 +26,7 @@ def child(rows: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_throughput import write_shards
 
-    from ml.model import build_model
+    from ml.model.factory import build_model
     from ml.training.loader import Loader
     from ml.training.loop import FitConfig, fit
 

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.data.synthetic import images as synthetic_images
-from ml.model import build_model
+from ml.model.factory import build_model
 from ml.training.augment import augment
 from ml.training.loader import Loader, ShardSet
 from ml.training.loop import FitConfig, fit

@@ -346,6 +346,12 @@ def step_freeze_golden(args: argparse.Namespace, settings: Settings, lake: Lake)
     return freeze_golden(lake, args.batch_id, args.name, settings)
 
 
+def step_serve(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.serve.app import serve
+
+    return serve(settings, host=args.host, port=args.port)
+
+
 STEPS: dict[str, Step] = {
     "ingest": step_ingest,
     "drift": step_drift,
@@ -360,6 +366,7 @@ STEPS: dict[str, Step] = {
     "land": step_land,
     "retrain": step_retrain,
     "config": step_config,
+    "serve": step_serve,
 }
 
 
@@ -420,6 +427,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="check ct.yaml and the CT_* environment, or show the effective settings")
     config.add_argument("action", choices=["check", "show"], help="check: validate, build the network, read "
                         "init_weights; show: also print every setting with its source (default, file, environment)")  # fmt: skip
+    serve = sub.add_parser("serve", help="serve @champion over HTTP (MLflow's /invocations), following the alias, "
+                           "with /ready, /metrics and a prediction log; runs until SIGTERM or Ctrl-C")  # fmt: skip
+    serve.add_argument("--host", help="default: serve.host (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: serve.port (5002)")
     golden = sub.add_parser("freeze-golden", help="validate a landing batch into a frozen golden eval set")
     golden.add_argument("--batch-id", required=True, type=_checked_id)
     golden.add_argument("--name", required=True, type=_checked_id)

@@ -356,6 +356,23 @@ class HistoryConfig(_Section):
     )  # fmt: skip
 
 
+class ServeConfig(_Section):
+    """The prediction service (``python -m ml serve``): it follows ``@champion`` and logs what it serves."""
+
+    host: str = Field("127.0.0.1", description="Where the service listens (loopback unless you expose it)")
+    port: int = Field(5002, ge=1, le=65535, description="Its port (make up: SERVE_PORT)")
+    poll_seconds: float = Field(5.0, gt=0, description="How often it reads @champion from the registry")
+    retry_seconds: float = Field(60.0, gt=0, description="How long a version that failed to load waits for a retry")
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per model (none: its default)")
+    keep_images: bool = Field(False, description="Also keep each served image in the lake (predictions/images/)")
+    log_flush_rows: int = Field(1000, ge=1, description="Write the prediction log once this many rows wait")
+    log_flush_seconds: float = Field(60.0, gt=0, description="... or once the oldest waiting row is this old")
+    log_max_rows: int = Field(
+        100_000, ge=1, description="Rows held while the lake cannot be written; beyond, the oldest are dropped "
+        "(counted and alerted on)",
+    )  # fmt: skip
+
+
 class KubernetesConfig(_Section):
     namespace: str = "ct"
     image: str = "ct-trainer:latest"
@@ -413,6 +430,7 @@ class Settings(_Section):
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     history: HistoryConfig = HistoryConfig()
+    serve: ServeConfig = ServeConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
 
     @model_validator(mode="after")

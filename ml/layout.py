@@ -14,11 +14,14 @@ GOLDEN = "golden"
 REPORTS = "reports"
 STATE = "state"
 CHECKPOINTS = "checkpoints"
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
 COMMIT_MARKER = "_COMMITTED"
 
 INGEST_DAG = "ct_ingest"
 RETRAIN_DAG = "ct_retrain"
 OPS_DAG = "ct_ops"
+MONITOR_DAG = "ct_monitor"
 
 __all__ = ["join"]  # re-exported: callers build keys with layout.join
 
@@ -99,6 +102,27 @@ def checkpoint(run_key: str) -> str:
 
 def state(name: str) -> str:
     return join(STATE, name)
+
+
+def prediction_log(epoch: float, part: str) -> str:
+    """One file of the prediction log: ``predictions/<YYYY-MM-DD>/<HH>/<stamp>-<part>.parquet``, by the hour it holds."""
+    day, hour = time.strftime("%Y-%m-%d", time.gmtime(epoch)), time.strftime("%H", time.gmtime(epoch))
+    return join(PREDICTIONS, day, hour, f"{time_stamp(epoch)}-{part}.parquet")
+
+
+def prediction_hour(epoch: float) -> str:
+    """The folder of one hour of the prediction log."""
+    return join(PREDICTIONS, time.strftime("%Y-%m-%d/%H", time.gmtime(epoch)))
+
+
+def served_image(sha256: str) -> str:
+    """A served image kept by ``serve.keep_images``, by its content hash."""
+    return join(PREDICTIONS, "images", sha256[:2], sha256)
+
+
+def feedback(batch_id: str) -> str:
+    """The late labels of one feedback batch (``request_id``, ``label``), validated: ``feedback/<batch_id>.parquet``."""
+    return join(FEEDBACK, f"{batch_id}.parquet")
 
 
 #: ``state/runs/``: one record per retrain decision, live or replayed, named by the time the run stands for.

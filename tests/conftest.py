@@ -188,6 +188,20 @@ def write_batch(lake, digits):  # type: ignore[no-untyped-def]
     return _write
 
 
+@pytest.fixture
+def champion(run_step, write_batch, settings):  # type: ignore[no-untyped-def]
+    """A first champion trained and promoted by the retrain step (run key r1): (its version, its eval.json)."""
+    from ml import layout
+    from ml.storage import Lake
+
+    write_batch("b1", 0, 400)
+    run_step("ingest")
+    decided = run_step("retrain", "--run-key", "r1")
+    assert decided["decision"] == "promote", decided
+    lake = Lake.from_uri(settings.lake_uri)
+    return decided["candidate_version"], lake.read_json(layout.report(layout.RETRAIN_DAG, "r1", "eval.json"))
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """An initialised Airflow metadata database (on the session's PostgreSQL) for dag.test() and DagBag tests."""

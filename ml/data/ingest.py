@@ -373,29 +373,11 @@ def describe(image: Any, settings: Settings, reject_unusual: bool = False) -> tu
     policy: the steps every inference path takes too (:mod:`ml.model.preprocess`). The stats are the
     upright image's, before it is resized (its own size, its own pixels).
     """
-    import numpy as np
-
+    from ml.data.imagestats import statistics
     from ml.model.preprocess import Preprocessing
 
     image, pixels = Preprocessing.from_settings(settings.image).stored(image, reject_unusual)
-    # One pass over the pixels: their histogram gives every statistic exactly (uint8 has 256 values).
-    # PIL's, per band and summed, is NumPy's bincount over every value, four times faster, and lets
-    # the other ingest threads run meanwhile (bincount holds the GIL).
-    counts = np.asarray(image.histogram(), dtype=np.int64).reshape(-1, 256).sum(axis=0)
-    values = np.arange(256, dtype=np.float64)
-    total = max(int(counts.sum()), 1)
-    mean = float(counts @ values) / total
-    present = np.flatnonzero(counts)
-    stats = {
-        "width": image.width,
-        "height": image.height,
-        "mean": mean,
-        "std": float(np.sqrt(max(float(counts @ (values - mean) ** 2) / total, 0.0))),
-        "min": float(present[0]) if len(present) else 0.0,
-        "max": float(present[-1]) if len(present) else 0.0,
-        "bright": float(counts[128:].sum()) / total,
-    }
-    return stats, pixels
+    return statistics(image), pixels
 
 
 def _decode_error(data: bytes, exc: Exception) -> str:

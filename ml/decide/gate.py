@@ -15,8 +15,10 @@ Every check runs and is recorded; a single failed check means reject. The checks
    guarded; ``gate.max_unguarded_drop`` optionally rejects any larger observed drop on them.
 4. **Budgets (optional):** the candidate's CPU p95 latency per batch and its size stay within
    ``gate.max_latency_p95_ms`` and ``gate.max_size_mb``.
-5. **The serving file:** the candidate's ONNX export gives the torch model's logits on every
-   evaluation row, within :data:`ml.model.artifact.PARITY_RTOL` (checked by the evaluate step).
+5. **The serving forms:** the candidate's ONNX export gives the torch model's logits on every
+   evaluation row, within :data:`ml.model.artifact.PARITY_RTOL`, and its MLflow model, sent each
+   row as an image file, answers the evaluate step's label on every row (ties aside; both checked
+   by the evaluate step).
 
 Thresholds are compared on integer row counts against the exact decimals of the configuration
 (:func:`ml.decide.stats.exact`), so a difference that equals a threshold never flips with the floats. The
@@ -188,6 +190,15 @@ def _parity_reason(parity: dict[str, Any]) -> str:
     )
 
 
+def _served_reason(served: dict[str, Any]) -> str:
+    if served.get("error"):
+        return f"the served model (MLflow python_function) cannot be checked: {served['error']}"
+    return (
+        f"the served model (MLflow python_function) answers {served['label_disagreements']} of {served['rows']} "
+        "evaluation rows with another label than the evaluate step"
+    )
+
+
 def class_guard(
     y_true: np.ndarray,
     candidate: np.ndarray,
@@ -340,6 +351,7 @@ def decide(
     alpha: float | None = None,
     golden: np.ndarray | None = None,
     serving: dict[str, Any] | None = None,
+    served: dict[str, Any] | None = None,
 ) -> GateDecision:
     """Decide on paired predictions. ``alpha`` is this challenge's level (default ``gate.alpha``,
     one test alone); ``golden`` marks the rows that came from the frozen golden set."""
@@ -353,6 +365,10 @@ def decide(
         budget_checks["onnx_parity"] = serving
         if not serving.get("passed"):
             budget_reasons.append(_parity_reason(serving))
+    if served is not None:
+        budget_checks["served_parity"] = served
+        if not served.get("passed"):
+            budget_reasons.append(_served_reason(served))
 
     if champion_pred is None:
         ok = cand["correct"] >= stats.exact(cfg.floor_accuracy) * cand["rows"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +57,6 @@ def eval_rows(reader: ShardReader, settings: Settings, window: Window) -> Rows:
 def _score(settings: Settings, version: registry.VersionInfo, rows: Rows, serving: bool = False) -> dict[str, Any]:
     """Predictions (and costs) of one version on ``rows``; with ``serving``, its ONNX file checked against it."""
     from ml.learn.train import pick_device, predict
-    from ml.model import artifact
 
     device = pick_device(settings.train.device)
     with registry.downloaded(settings, version) as folder:
@@ -64,15 +65,42 @@ def _score(settings: Settings, version: registry.VersionInfo, rows: Rows, servin
         scored = {"version": version.version, "run_id": version.run_id, "pred": pred.tolist(),
                   "metrics": metrics(rows.labels, pred, settings.labels)}  # fmt: skip
         if serving:
-            try:
-                scored["onnx"] = artifact.onnx_parity(folder, model, rows.batches(PARITY_BATCH))
-            except artifact.ModelFileError as exc:
-                scored["onnx"] = {"passed": False, "error": str(exc), "rows": 0}
-            log.info("ONNX parity of v%s: %s", version.version, scored["onnx"])
+            scored.update(_serving_checks(settings, folder, model, rows, pred))
+            log.info("serving checks of v%s: ONNX %s; served %s", version.version, scored["onnx"], scored["served"])
     if settings.gate.max_latency_p95_ms is not None or settings.gate.max_size_mb is not None:
         probe = next(rows.batches(settings.gate.latency_batch_size), None)
         scored["cost"] = cost(model, probe, settings.gate.latency_batch_size)
     return scored
+
+
+def _serving_checks(settings: Settings, folder: Path, model: Any, rows: Rows, pred: np.ndarray) -> dict[str, Any]:
+    """The candidate's serving forms against the torch model on the evaluation rows.
+
+    ``onnx``: its ONNX file's logits; ``served``: the labels its MLflow model answers when each row
+    is sent as an image file (:func:`ml.learn.mlmodel.served_parity`). Either failing refuses it.
+    """
+    from ml.learn import mlmodel
+    from ml.model import artifact
+
+    files = artifact.locate(folder) or folder
+    checks: dict[str, Any] = {}
+    try:
+        checks["onnx"] = artifact.onnx_parity(files, model, rows.batches(PARITY_BATCH))
+    except artifact.ModelFileError as exc:
+        checks["onnx"] = {"passed": False, "error": str(exc), "rows": 0}
+    if not (folder / "MLmodel").is_file():
+        checks["served"] = {
+            "passed": False,
+            "rows": 0,
+            "error": "the version has no MLmodel: it is not an MLflow model",
+        }
+        return checks
+    try:
+        stored = replace(rows, size=None).batches(PARITY_BATCH)  # the stored squares, before the centre crop
+        checks["served"] = mlmodel.served_parity(folder, stored, pred, settings.labels)
+    except Exception as exc:  # noqa: BLE001 - whatever breaks the served form refuses the candidate, saying why
+        checks["served"] = {"passed": False, "rows": 0, "error": f"{type(exc).__name__}: {exc}"}
+    return checks
 
 
 def evaluate(lake: Lake, settings: Settings, run_key: str) -> dict[str, Any]:

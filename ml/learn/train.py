@@ -91,7 +91,7 @@ def fit_config(settings: Settings) -> Any:
 
 def new_model(settings: Settings) -> Any:
     """The configured network with fresh weights, checked to give one logit per label (else ModelBuildError, exit 2)."""
-    from ml.model import build_model, check_outputs, head
+    from ml.model.factory import build_model, check_outputs, head
 
     image, classes = settings.image, len(settings.labels)
     model = build_model(settings.train.network, image.channels, classes, image.size, image.mean, image.std)
@@ -183,19 +183,24 @@ def data_digest(window: Window) -> str:
 
 
 def log_model(mlflow_client: Any, exp_id: str, run_id: str, run_key: str, model: Any, spec: Any) -> str:
-    """Store weights + spec + ONNX as an MLflow logged model of ``run_id``; returns its id.
+    """Store the model as an MLflow logged model of ``run_id``; returns its id.
+
+    What is stored is a standard MLflow model (:mod:`ml.learn.mlmodel`): ``MLmodel`` with the
+    python_function flavor that serves it, and ct's weights + spec + ONNX under ``artifacts/ct``.
 
     The logged model carries the run-key tag from its creation, so that a rerun after a kill before
     registration finds it and deletes it (:func:`ml.release.registry.delete_orphan_models`).
     """
+    from ml.learn import mlmodel
     from ml.model import artifact
 
     logged = mlflow_client.create_logged_model(
         exp_id, name="model", source_run_id=run_id, tags={registry.RUN_KEY_TAG: run_key}, model_type=artifact.FORMAT
     )
     with tempfile.TemporaryDirectory(prefix="ct-model-") as tmp:
-        artifact.save(model, spec, Path(tmp))
-        mlflow_client.log_model_artifacts(logged.model_id, tmp)
+        artifact.save(model, spec, Path(tmp) / "ct")
+        mlmodel.save(Path(tmp) / "ct", Path(tmp) / "model")
+        mlflow_client.log_model_artifacts(logged.model_id, str(Path(tmp) / "model"))
     mlflow_client.finalize_logged_model(logged.model_id, "READY")
     return str(logged.model_id)
 

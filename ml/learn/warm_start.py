@@ -49,7 +49,10 @@ class InitWeights:
 
 
 def _local_bytes(path: Path, source: str) -> bytes:
+    from ml.model.artifact import locate
+
     if path.is_dir():
+        path = locate(path) or path  # a downloaded MLflow model keeps ct's files under artifacts/ct
         if not (path / "weights.pt").is_file():
             raise ConfigError(f"train.init_weights={source}: the folder has no weights.pt (a model ct stored has "
                               "spec.json and weights.pt); point it at a .pt file or such a folder")  # fmt: skip

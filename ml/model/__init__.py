@@ -1,9 +1,8 @@
-"""The model: its factory, the safe file it is stored as, and (for serving) its ONNX twin.
+"""The model: its factory, the safe file it is stored as, its preprocessing and its served form.
 
-Everything in this package imports only torch, torchvision, numpy, Pillow and ct's core (onnxruntime
-only inside the parity check), so it runs wherever torch does.
+Import the modules themselves (``ml.model.factory``, ``ml.model.artifact``, ...): this package
+imports nothing, so that the served form (:mod:`ml.model.pyfunc`, with :mod:`ml.model.preprocess`)
+loads where torch is not installed. The factory, the artifact and the preprocessing import only
+torch, torchvision, numpy, Pillow and ct's core (onnxruntime only inside the parity check); the
+served form runs on numpy, pandas, Pillow, onnxruntime and MLflow alone.
 """
-
-from ml.model.factory import ARCHS, TORCHVISION_ARCHS, ModelBuildError, build_model, check_outputs, head
-
-__all__ = ["ARCHS", "TORCHVISION_ARCHS", "ModelBuildError", "build_model", "check_outputs", "head"]

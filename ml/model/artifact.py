@@ -12,6 +12,9 @@ A stored model is a folder of three files:
 * ``model.onnx``: the same network exported to ONNX, input ``images`` (float32 NCHW in [0, 1], any
   batch size), output ``logits``. This is the file a serving team takes.
 
+:mod:`ml.learn.mlmodel` wraps the folder in a standard MLflow model (it sits under
+``artifacts/ct`` there, :func:`locate` finds it); the served form is :mod:`ml.model.pyfunc`.
+
 :func:`load` rebuilds the network through the model factory and loads the weights into it; it
 checks both hashes first, so a file swapped in the artifact store is refused before it is parsed.
 
@@ -43,6 +46,7 @@ from ml.training.shards import sha256_file
 
 FORMAT = "ct.weights/1"
 SPEC, WEIGHTS, ONNX = "spec.json", "weights.pt", "model.onnx"
+IN_MLFLOW_MODEL = "artifacts/ct"  # where an MLflow model (ml.learn.mlmodel) keeps these files
 ONNX_OPSET = 17
 PARITY_RTOL = 1e-3
 
@@ -100,6 +104,15 @@ def save(model: nn.Module, spec: ModelSpec, folder: Path, onnx: bool = True) -> 
     }
     (folder / SPEC).write_text(json.dumps(record, indent=2, sort_keys=True))
     return record
+
+
+def locate(folder: Path) -> Path | None:
+    """Where ct's files are in a downloaded version: ``artifacts/ct`` of an MLflow model, or the root
+    (versions registered before ct wrote an ``MLmodel``); None when neither holds a spec."""
+    for candidate in (folder / IN_MLFLOW_MODEL, folder):
+        if (candidate / SPEC).is_file():
+            return candidate
+    return None
 
 
 def read_spec(folder: Path) -> dict[str, Any]:

@@ -268,6 +268,7 @@ def _outcome_record(
         settings.gate,
         candidate_cost=candidate.get("cost"),
         serving=candidate.get("onnx"),
+        served=candidate.get("served"),
         alpha=spending["alpha"] if spending else None,
         golden=_golden_mask(evaluation),
     )

@@ -202,7 +202,8 @@ def load_folder(settings: Settings, version: VersionInfo, folder: Path) -> Any:
     from ml.model import artifact
 
     what = f"model version {version.version} of {settings.model_name}"
-    if not (folder / artifact.SPEC).is_file() and (folder / "MLmodel").is_file():
+    files = artifact.locate(folder)
+    if files is None and (folder / "MLmodel").is_file():
         if not settings.allow_pickled_models:
             raise ChampionUnavailable(
                 f"{what} is a pickled model (registered before ct stored weights); loading it would run code "
@@ -213,7 +214,7 @@ def load_folder(settings: Settings, version: VersionInfo, folder: Path) -> Any:
 
         return mlflow.pytorch.load_model(str(folder), map_location="cpu")
     try:
-        model, _spec = artifact.load(folder)
+        model, _spec = artifact.load(files or folder)
     except artifact.ModelFileError as exc:
         raise ChampionUnavailable(f"{what} cannot be loaded: {exc}") from exc
     return model

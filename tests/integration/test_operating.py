@@ -101,7 +101,9 @@ def running_stack(root: Path, home: Path, env: dict[str, str], port: int, mlflow
     postgres.start(home)
     log_path = root / "services.log"
     log = open(log_path, "w")  # the services write to it until they are stopped
-    services = start_services(service_commands(env, mlflow_port=mlflow_port), server_env(env, mlflow_port), log)
+    services = start_services(
+        service_commands(env, mlflow_port=mlflow_port, serve_port=free_port()), server_env(env, mlflow_port), log
+    )
     stack = Stack(home, server_env(env, mlflow_port), services, log_path, f"http://127.0.0.1:{port}")
     try:
         _wait_for(f"{stack.url}/api/v2/monitor/health", log_path, START_TIMEOUT_S)

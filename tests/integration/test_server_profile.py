@@ -182,7 +182,7 @@ def stack(moto_s3: str) -> Iterator[Stack]:
     postgres.start(home)
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
-    commands = service_commands(env, mlflow_port=mlflow_port)
+    commands = service_commands(env, mlflow_port=mlflow_port, serve_port=free_port())
     assert commands["mlflow"][1] == "server" and "postgresql+psycopg2://" in " ".join(commands["mlflow"])
     log_path = root / "services.log"
     log = open(log_path, "w")  # the services write to it until they are stopped

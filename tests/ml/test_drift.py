@@ -30,7 +30,7 @@ from ml.decide.drift import (
 from ml.demo import drift as camera_shift
 from ml.learn.embed import embed_and_predict
 from ml.learn.train import fit
-from ml.model import build_model
+from ml.model.factory import build_model
 
 REFERENCE = slice(0, 700)  # the champion's batch
 POOL = slice(700, None)  # where new batches come from

@@ -17,6 +17,9 @@ CORE_LIBS = {"torch", "torchvision", "numpy", "PIL"}
 CORE_ML = ("ml.model", "ml.training", "ml.errors")  # ml.errors: exceptions and exit codes, the standard library only
 # Imported only inside the ONNX parity check, which a serving team runs; training never reaches it.
 CORE_OPTIONAL = {"onnxruntime"}
+# The served form (the code stored in every MLflow model version) runs without torch, on these alone.
+SERVED = ("pyfunc.py", "mlflow_entry.py")
+SERVED_LIBS = {"numpy", "pandas", "PIL", "onnxruntime", "mlflow"}
 
 
 def imports(path: Path) -> set[str]:
@@ -58,7 +61,7 @@ def test_ml_never_imports_airflow() -> None:
 def test_training_core_imports_only_torch_torchvision_numpy_and_itself() -> None:
     allowed_ml = CORE_ML
     offenders = {}
-    for path in [p for part in CORE for p in modules(part)]:
+    for path in [p for part in CORE for p in modules(part) if p.name not in SERVED]:
         bad = sorted(
             name
             for name in imports(path)
@@ -68,6 +71,22 @@ def test_training_core_imports_only_torch_torchvision_numpy_and_itself() -> None
         if bad:
             offenders[str(path.relative_to(REPO))] = bad
     assert not offenders
+
+
+def test_the_served_form_needs_no_torch_and_only_the_preprocessing_of_ct() -> None:
+    """What each MLflow model version carries as code: it must run where only its requirements are installed."""
+    from ml.learn.mlmodel import SERVED_MODULES
+
+    for name in SERVED:
+        found = imports(ML / "model" / name)
+        outside = {n for n in found if n.split(".")[0] not in sys.stdlib_module_names | SERVED_LIBS | {"ml"}}
+        assert not outside, (name, outside)
+        ct = {n for n in found if n.split(".")[0] == "ml"}
+        assert ct <= {"ml.model.pyfunc", "ml.model.preprocess"}, (name, ct)
+        assert {f"ml.{m.removesuffix('.py').replace('/', '.')}" for m in SERVED_MODULES} >= {n for n in ct if n != "ml"}
+    code = "import sys, ml.model.pyfunc; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "torch" not in ast.literal_eval(out.stdout.strip().splitlines()[-1])
 
 
 def test_importing_the_training_core_loads_nothing_else() -> None:

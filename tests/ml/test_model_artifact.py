@@ -13,8 +13,9 @@ import torch
 
 from ml.config import load_settings
 from ml.errors import ChampionUnavailable
-from ml.model import artifact, build_model
+from ml.model import artifact
 from ml.model.artifact import ModelFileError, ModelSpec
+from ml.model.factory import build_model
 from ml.release import registry
 
 DIGITS = ModelSpec(arch="digits_cnn", channels=1, num_classes=10, image_size=8, labels=tuple("0123456789"))

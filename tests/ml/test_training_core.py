@@ -12,7 +12,7 @@ import torch
 from ml import layout
 from ml.data.curated import ShardReader, rows_of, shard_set
 from ml.data.ingest import ingest_batch, read_manifest
-from ml.model import build_model
+from ml.model.factory import build_model
 from ml.training import shards
 from ml.training.augment import augment
 from ml.training.loader import Loader, ShardSet, epoch_order, rank_batches

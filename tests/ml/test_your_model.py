@@ -141,8 +141,10 @@ def test_your_own_network_trains_registers_and_reloads_from_its_spec(run_step, w
     assert gate["decision"] == "promote", gate
     version = registry.get_version(registry.client(settings), settings.model_name, gate["candidate_version"])
     with registry.downloaded(settings, version) as folder:
-        spec = json.loads((folder / artifact.SPEC).read_text())
-        model, _ = artifact.load(folder)  # rebuilt through the entry point the spec names, weights only
+        files = artifact.locate(folder)
+        assert files is not None and (folder / "MLmodel").is_file()
+        spec = json.loads((files / artifact.SPEC).read_text())
+        model, _ = artifact.load(files)  # rebuilt through the entry point the spec names, weights only
     assert spec["arch"] == "tests.usermodel:build"
     assert type(model[1]).__name__ == "TinyNet"
     from ml.model.factory import head

@@ -46,7 +46,8 @@ def listening() -> Iterator[int]:
 
 
 def plain_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"PATH": PLAIN_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8", **extra}
+    # The prediction service's port is free too (not its default, which a service elsewhere may hold).
+    return {"PATH": PLAIN_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8", "SERVE_PORT": str(free_port()), **extra}
 
 
 def launch(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -113,6 +114,7 @@ def test_ports_from_the_environment_reach_every_address_and_link(tmp_path: Path,
 
     monkeypatch.setenv("AIRFLOW_PORT", "18081")
     monkeypatch.setenv("MLFLOW_PORT", "15001")
+    monkeypatch.setenv("SERVE_PORT", "15002")
     for name in ("CT_MLFLOW_UI_URL", "CT_DASHBOARD_URL", "CT_CONFIG", "CT_CONFIG_JSON", "CT_MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     env = embedded_env(tmp_path / "ct")
@@ -125,7 +127,11 @@ def test_ports_from_the_environment_reach_every_address_and_link(tmp_path: Path,
     assert settings.dashboard_url == "http://127.0.0.1:18081/ct"
     mlflow = service_commands(env)["mlflow"]
     assert mlflow[mlflow.index("--host") + 1] == "127.0.0.1" and mlflow[mlflow.index("--port") + 1] == "15001"
-    assert server_env(env)["CT_MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15001"
+    assert (
+        server_env(env)["CT_MLFLOW_TRACKING_URI"] == server_env(env)["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15001"
+    )
+    serve = service_commands(env)["serve"]
+    assert serve[-4:] == ["--host", "127.0.0.1", "--port", "15002"] and env["SERVE_PORT"] == "15002"
     # Ports given by the caller (the integration tests' free ports) win over the environment's, everywhere.
     given = embedded_env(tmp_path / "ct", ports=Ports(airflow=28080, mlflow=25000))
     assert given["AIRFLOW__API__PORT"] == "28080" and given["CT_DASHBOARD_URL"] == "http://127.0.0.1:28080/ct"
@@ -136,9 +142,10 @@ def test_ports_from_the_environment_reach_every_address_and_link(tmp_path: Path,
 def test_the_default_ports_and_configured_links_are_left_alone(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from ml.config import load_settings
 
-    for name in ("AIRFLOW_PORT", "MLFLOW_PORT", "CT_MLFLOW_UI_URL", "CT_DASHBOARD_URL", "CT_CONFIG_JSON"):
+    for name in ("AIRFLOW_PORT", "MLFLOW_PORT", "SERVE_PORT", "CT_MLFLOW_UI_URL", "CT_DASHBOARD_URL", "CT_CONFIG_JSON"):
         monkeypatch.delenv(name, raising=False)
     env = embedded_env(tmp_path / "ct")
+    assert service_commands(env)["serve"][-1] == "5002"
     assert env["AIRFLOW__API__PORT"] == "8080" and "CT_MLFLOW_UI_URL" not in env and "CT_DASHBOARD_URL" not in env
     assert service_commands(env)["mlflow"][service_commands(env)["mlflow"].index("--port") + 1] == "5000"
 

@@ -36,14 +36,17 @@ from ct_airflow.launcher import postgres
 from ml.config import embedded_database_uri
 
 REPO = Path(__file__).resolve().parents[3]
-#: The environment variables that move ``make up``'s ports (``make up AIRFLOW_PORT=8081 MLFLOW_PORT=5001``).
+#: The environment variables that move ``make up``'s ports (``make up AIRFLOW_PORT=8081 MLFLOW_PORT=5001``;
+#: ``SERVE_PORT`` moves the prediction service).
 #: Not ``CT_`` settings: they are where this launcher binds, like the same names in docker-compose's ``.env``
 #: (``mlflow server`` itself reads ``MLFLOW_PORT`` as its ``--port``). The settings that hold the links
 #: people follow (``mlflow_ui_url``, ``dashboard_url``) follow them unless they are set (see :func:`link_env`).
 AIRFLOW_PORT_ENV = "AIRFLOW_PORT"
 MLFLOW_PORT_ENV = "MLFLOW_PORT"
+SERVE_PORT_ENV = "SERVE_PORT"
 DEFAULT_AIRFLOW_PORT = 8080
 DEFAULT_MLFLOW_PORT = 5000
+DEFAULT_SERVE_PORT = 5002
 ADMIN = "admin"
 #: The marker Airflow's listener hooks are found by (``airflow.listeners.hookimpl`` is this marker); taken
 #: from pluggy so that importing this module does not import Airflow before ``embedded_env`` is applied.
@@ -60,20 +63,26 @@ class PortError(ValueError):
 
 @dataclass(frozen=True)
 class Ports:
-    """Where ``make up``'s two servers listen on 127.0.0.1."""
+    """Where ``make up``'s three servers listen on 127.0.0.1."""
 
     airflow: int = DEFAULT_AIRFLOW_PORT
     mlflow: int = DEFAULT_MLFLOW_PORT
+    serve: int = DEFAULT_SERVE_PORT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ports:
         environ = os.environ if environ is None else environ
         ports = cls(
-            _port(environ, AIRFLOW_PORT_ENV, DEFAULT_AIRFLOW_PORT), _port(environ, MLFLOW_PORT_ENV, DEFAULT_MLFLOW_PORT)
+            _port(environ, AIRFLOW_PORT_ENV, DEFAULT_AIRFLOW_PORT),
+            _port(environ, MLFLOW_PORT_ENV, DEFAULT_MLFLOW_PORT),
+            _port(environ, SERVE_PORT_ENV, DEFAULT_SERVE_PORT),
         )
-        if ports.airflow == ports.mlflow:
-            raise PortError(f"{AIRFLOW_PORT_ENV} and {MLFLOW_PORT_ENV} are both {ports.airflow}; "
-                            "Airflow and MLflow need a port each")  # fmt: skip
+        names = [(ports.airflow, AIRFLOW_PORT_ENV, "Airflow"), (ports.mlflow, MLFLOW_PORT_ENV, "MLflow"),
+                 (ports.serve, SERVE_PORT_ENV, "the prediction service")]  # fmt: skip
+        for i, (port, name, what) in enumerate(names):
+            for other_port, other_name, other in names[i + 1 :]:
+                if port == other_port:
+                    raise PortError(f"{name} and {other_name} are both {port}; {what} and {other} need a port each")
         return ports
 
     @property
@@ -86,7 +95,8 @@ class Ports:
 
     def named(self) -> list[tuple[int, str, str]]:
         """``(port, what listens there, the variable that moves it)`` for each server."""
-        return [(self.airflow, "Airflow UI", AIRFLOW_PORT_ENV), (self.mlflow, "MLflow UI", MLFLOW_PORT_ENV)]
+        return [(self.airflow, "Airflow UI", AIRFLOW_PORT_ENV), (self.mlflow, "MLflow UI", MLFLOW_PORT_ENV),
+                (self.serve, "prediction service", SERVE_PORT_ENV)]  # fmt: skip
 
 
 def _port(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -115,7 +125,7 @@ def check_ports_free(ports: Ports) -> None:
     busy = [(port, what, name) for port, what, name in ports.named() if not port_is_free(port)]
     if not busy:
         return
-    taken = {ports.airflow, ports.mlflow}
+    taken = {ports.airflow, ports.mlflow, ports.serve}
     moves = []
     for port, _what, name in busy:
         candidates = range(port + 1, min(port + 200, 65536))
@@ -211,6 +221,7 @@ def embedded_env(home: Path | None = None, refresh_interval: int = 5, ports: Por
         # Carried along, so that whatever this environment starts (service_commands, server_env) agrees.
         AIRFLOW_PORT_ENV: str(ports.airflow),
         MLFLOW_PORT_ENV: str(ports.mlflow),
+        SERVE_PORT_ENV: str(ports.serve),
         **link_env(ports),
         # Off by default; if someone turns it on, it must not listen on 0.0.0.0 (its default host).
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
@@ -532,8 +543,11 @@ class Service:
     process: subprocess.Popen[bytes]
 
 
-def service_commands(env: Mapping[str, str], mlflow_port: int | None = None) -> dict[str, list[str]]:
-    """What ``make up`` runs: Airflow's four components and the MLflow UI, each on 127.0.0.1 or on no port.
+def service_commands(
+    env: Mapping[str, str], mlflow_port: int | None = None, serve_port: int | None = None
+) -> dict[str, list[str]]:
+    """What ``make up`` runs: Airflow's four components, the MLflow UI and the prediction service
+    (``python -m ml serve``, following ``@champion``), each on 127.0.0.1 or on no port.
 
     Not ``airflow standalone``: it starts ``airflow scheduler`` and ``airflow triggerer`` with no
     arguments (airflow/cli/commands/standalone_command.py), and each of them then starts a log server
@@ -542,12 +556,13 @@ def service_commands(env: Mapping[str, str], mlflow_port: int | None = None) -> 
     Those servers let an api-server on another machine fetch log files. Here every component writes,
     and the api-server reads, the same ``$AIRFLOW_HOME/logs``, so ``--skip-serve-logs`` turns them off.
     The api-server takes its host and port from ``[api] host`` and ``port`` (see :func:`embedded_env`);
-    MLflow's port is ``mlflow_port``, else ``env``'s ``MLFLOW_PORT``.
+    MLflow's port is ``mlflow_port``, else ``env``'s ``MLFLOW_PORT``; the service's, ``serve_port`` or ``SERVE_PORT``.
     """
     from ml.config import load_settings
 
     settings = load_settings(env)
     mlflow_port = mlflow_port or Ports.from_env(env).mlflow
+    serve_port = serve_port or Ports.from_env(env).serve
     bindir = Path(sys.executable).parent
     airflow = str(bindir / "airflow")
     return {
@@ -560,6 +575,8 @@ def service_commands(env: Mapping[str, str], mlflow_port: int | None = None) -> 
         "mlflow": [str(bindir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                    "--workers", "1", "--backend-store-uri", settings.mlflow_tracking_uri,
                    "--artifacts-destination", settings.mlflow_artifact_uri],
+        # MLflow's scoring server for whatever @champion is; it waits (503 on /ready) until there is one.
+        "serve": [sys.executable, "-m", "ml", "serve", "--host", "127.0.0.1", "--port", str(serve_port)],
     }  # fmt: skip
 
 
@@ -571,7 +588,9 @@ def server_env(env: Mapping[str, str], mlflow_port: int | None = None) -> dict[s
     that reads models while ``make up`` runs needs this environment: ``env`` prints it for a shell.
     """
     mlflow_port = mlflow_port or Ports.from_env(env).mlflow
-    return {**env, "CT_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    url = f"http://127.0.0.1:{mlflow_port}"
+    # MLFLOW_TRACKING_URI too: MLflow's own commands (`mlflow models serve -m models:/ct-classifier@champion`) read it.
+    return {**env, "CT_MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_URI": url}
 
 
 def _relay(prefix: str, stream: IO[bytes], sink: IO[str], lock: threading.Lock) -> None:
@@ -623,6 +642,8 @@ def env_command(home: Path, ports: Ports) -> str:
         given.append(f"{AIRFLOW_PORT_ENV}={ports.airflow}")
     if ports.mlflow != DEFAULT_MLFLOW_PORT:
         given.append(f"{MLFLOW_PORT_ENV}={ports.mlflow}")
+    if ports.serve != DEFAULT_SERVE_PORT:
+        given.append(f"{SERVE_PORT_ENV}={ports.serve}")
     return f'eval "$({" ".join([*given, shlex.quote(sys.executable)])} -m ct_airflow.launcher.local env)"'
 
 
@@ -661,6 +682,7 @@ def up() -> int:
                 shown = True
                 print(f"\nAirflow: {ports.airflow_url}  user {ADMIN}, password {password}")
                 print(f"MLflow:  {ports.mlflow_url}")
+                print(f"Predictions: POST http://127.0.0.1:{ports.serve}/invocations (@champion; /ready, /metrics)")
                 print(f"Drop a batch: write {settings.lake_uri}/landing/<batch_id>/images/<label>/*.png, "
                       "then an empty _COMMITTED file.")  # fmt: skip
                 print("Or: make drop-batch. Ctrl-C stops everything.")
