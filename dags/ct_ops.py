@@ -9,7 +9,10 @@ Trigger by hand with Params:
 
 Both use the same compare-and-set and lock as the gate: if `@champion` moves while this runs, the
 task fails and nothing changes. The target must load, so a broken version never reaches production.
-The record lands in `reports/ct_ops/<run_key>/decision.json` and `state/decisions/`.
+The record lands in `reports/ct_ops/<run_key>/decision.json` and `state/decisions/`, and
+`champion_moved` emits a `ct_champion` asset event (extra: `version`, `model_uri`, `previous_version`,
+`action`), on which a deployment DAG of your own can be scheduled. The prediction service follows
+`@champion` by itself.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from airflow.sdk import DAG, Param
 
 from ct_airflow.operators.notify import NOTIFY_ARGS, CtNotifier
 from ct_airflow.operators.step import OUTAGE_RETRIES, OVERRIDE_STEP, ct_step
+from ct_airflow.operators.tasks import champion_moved
 
 with DAG(
     dag_id="ct_ops",
@@ -34,4 +38,7 @@ with DAG(
 ):
     # A retry of the same run key finishes what an outage interrupted; it never decides twice.
     # The override step runs `python -m ml rollback` or `promote`, as the run's Params say.
-    ct_step(task_id="move_champion", step=OVERRIDE_STEP, on_success_callback=CtNotifier("move"), **OUTAGE_RETRIES)
+    moved = ct_step(
+        task_id="move_champion", step=OVERRIDE_STEP, on_success_callback=CtNotifier("move"), **OUTAGE_RETRIES
+    )
+    champion_moved(moved.output)  # the ct_champion asset event: a deployment DAG can be scheduled on it

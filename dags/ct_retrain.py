@@ -1,8 +1,9 @@
 """
 ### ct_retrain: drift, retrain decision, train, evaluate, gate
 
-**Starts** daily at 03:00 UTC, whenever `ct_ingest` curates a batch (`ct_curated_batches`), or
-by hand. Params: `force_retrain` retrains whatever the policy says.
+**Starts** daily at 03:00 UTC, whenever `ct_ingest` curates a batch (`ct_curated_batches`), when
+`ct_monitor` raises a live alarm (`ct_live_alarm`), or by hand. Params: `force_retrain` retrains
+whatever the policy says.
 
 **A run sees the world as of its logical date**: the batches available then, the champion then and
 the policy memory then. A **backfill** run is a replay: it trains and judges a candidate as live ct
@@ -14,13 +15,13 @@ decided under these settings?"; ct → Backfill shows each replay beside what li
 | task | what it does | where it writes |
 |---|---|---|
 | drift | pins the data window; compares new batches with the champion's training data: image stats, class mix, the champion's embeddings (Evidently); scores the champion on the new labels | `reports/ct_retrain/<run_key>/drift.json`, `drift.html` |
-| decide | retrain or skip, with reasons (drift streak and cooldown, new images, model age, quality drop); *skipped* means no reason to retrain | `decision.json`, `state/policy.json` |
+| decide | retrain or skip, with reasons (drift streak and cooldown, new images, model age, quality drop, ct_monitor's live alarms); *skipped* means no reason to retrain | `decision.json`, `state/policy.json` |
 | train | trains a candidate (GPU pod with the kubernetes runner), registers it in MLflow | MLflow run + model version |
 | evaluate | scores candidate and `@champion` on the same test rows | `eval.json` |
 | gate | promotes only on a significant improvement (McNemar / paired bootstrap) with no supported class losing recall, by compare-and-set; with `gate.require_approval`, records `pending` instead | `gate.json`, `gate.md`, `state/decisions/` |
 | approval | only for a `pending` promote: asks `gate.approvers` in Airflow's *Required actions*, with the gate's evidence; skipped otherwise | the answer (XCom) |
 | apply_approval | approve: moves `@champion` by the same compare-and-set; reject: `not approved by <user>: <comment>`; no answer in time: `expired` | `approval.json`, `state/decisions/` |
-| promoted / champion_kept | exactly one succeeds: green `promoted` means the champion moved; its log's first line is the decision and its reason | |
+| promoted / champion_kept | exactly one succeeds: green `promoted` means the champion moved (and emits `ct_champion`); its log's first line is the decision and its reason | `ct_champion` event |
 
 Each task is one `python -m ml <step>` command: a subprocess with the local runner; with the
 kubernetes runner a deferrable pod (`KubernetesPodOperator`) that holds no worker slot while it runs,
@@ -40,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from ct_airflow.assets import CURATED
+from ct_airflow.assets import CURATED, LIVE_ALARM
 from ct_airflow.operators.approval import CtApprovalOperator
 from ct_airflow.operators.notify import NOTIFY_ARGS, CtNotifier
 from ct_airflow.operators.step import APPROVAL_TASK, OUTAGE_RETRIES, ct_step
@@ -48,7 +49,10 @@ from ct_airflow.operators.tasks import champion_kept, promoted
 
 with DAG(
     dag_id="ct_retrain",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=CURATED),
+    # New curated data, or ct_monitor's alarm about the champion's live traffic, or 03:00 UTC daily.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=CURATED | LIVE_ALARM
+    ),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # one retrain at a time; promotion is also serialised by a lock in the lake

@@ -183,7 +183,10 @@ def step_decide(args: argparse.Namespace, settings: Settings, lake: Lake) -> dic
             policy.describe_replay(lake, window, args.settings_overrides, args.force)
         else:
             state = policy.load_state(lake)
-        decision, new_state = policy.decide(window, drift, settings.policy, state, as_of, age_days, force=args.force)
+        # ct_monitor's latest verdict on the champion's live traffic; a replay never reads today's
+        live = None if window.backfill else lake.read_json_or(layout.MONITOR_LATEST, None)
+        decision, new_state = policy.decide(window, drift, settings.policy, state, as_of, age_days, force=args.force,
+                                            live=live)  # fmt: skip
         recorded = policy.record_decision(lake, window, decision, state, new_state, as_of, backfill=window.backfill)
     else:
         policy.settle(lake, recorded)  # finish what a killed attempt committed but did not apply
@@ -346,6 +349,22 @@ def step_freeze_golden(args: argparse.Namespace, settings: Settings, lake: Lake)
     return freeze_golden(lake, args.batch_id, args.name, settings)
 
 
+def step_monitor(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.monitor.live import monitor
+
+    record = monitor(lake, settings, args.run_key, args.as_of.timestamp() if args.as_of else None)
+    keep = ("run_key", "champion_version", "served_rows", "alarm", "alarms", "estimate", "label_lag_hours",
+            "report_uri", "already_done")  # fmt: skip
+    return {**{k: record.get(k) for k in keep}, "realized": record["realized"]["champion"],
+            "live_drift": record["drift"].get("drift_detected"), "problems": record["problems"]}  # fmt: skip
+
+
+def step_harvest(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
+    from ml.monitor.harvest import harvest
+
+    return harvest(lake, args.feedback, args.batch_id)
+
+
 def step_serve(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict[str, Any]:
     from ml.serve.app import serve
 
@@ -367,6 +386,8 @@ STEPS: dict[str, Step] = {
     "retrain": step_retrain,
     "config": step_config,
     "serve": step_serve,
+    "monitor": step_monitor,
+    "harvest": step_harvest,
 }
 
 
@@ -427,6 +448,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="check ct.yaml and the CT_* environment, or show the effective settings")
     config.add_argument("action", choices=["check", "show"], help="check: validate, build the network, read "
                         "init_weights; show: also print every setting with its source (default, file, environment)")  # fmt: skip
+    monitor = sub.add_parser("monitor", help="judge the champion on its live traffic: drift of served images, "
+                             "a label-free accuracy estimate, realized accuracy of late labels")  # fmt: skip
+    monitor.add_argument("--run-key", required=True, type=_checked_id, help="the run this step belongs to")
+    monitor.add_argument("--as-of", type=_when, help="the end of the window it reads (ISO 8601 with a zone); "
+                         "default now")  # fmt: skip
+    harvest = sub.add_parser("harvest", help="land the served images that feedback batches labelled as a new "
+                             "training batch (needs serve.keep_images); ingest then checks it like any batch")  # fmt: skip
+    harvest.add_argument("--feedback", action="append", required=True, type=_checked_id,
+                         help="an ingested feedback batch (repeatable)")  # fmt: skip
+    harvest.add_argument("--batch-id", required=True, type=_checked_id, help="the new landing batch's id")
     serve = sub.add_parser("serve", help="serve @champion over HTTP (MLflow's /invocations), following the alias, "
                            "with /ready, /metrics and a prediction log; runs until SIGTERM or Ctrl-C")  # fmt: skip
     serve.add_argument("--host", help="default: serve.host (127.0.0.1)")

@@ -194,6 +194,15 @@ class PolicyConfig(_Section):
     quality_tolerance: float | None = Field(
         0.05, ge=0, description="Retrain when the champion's accuracy on new data < its recorded accuracy minus this"
     )
+    retrain_on_live_drift: bool = Field(True, description="Retrain when ct_monitor saw the served images drift")
+    max_estimated_drop: float | None = Field(
+        0.05, ge=0, description="Retrain when the label-free estimate of live accuracy is this far below the "
+        "champion's held-out accuracy (only while its calibration check passes); none: never",
+    )  # fmt: skip
+    max_realized_drop: float | None = Field(
+        0.05, ge=0, description="Retrain when the realized accuracy of late labels is this far below the "
+        "champion's held-out accuracy; none: never",
+    )  # fmt: skip
 
 
 #: The networks ct builds by name (:mod:`ml.model.factory`): a small CNN and torchvision's, with ``weights=None``.
@@ -373,6 +382,23 @@ class ServeConfig(_Section):
     )  # fmt: skip
 
 
+class MonitorConfig(_Section):
+    """What ``ct_monitor`` reads of the prediction log, and how much it needs before it judges."""
+
+    window_hours: float = Field(
+        24.0, gt=0, description="Served images compared with the champion's data: the last hours"
+    )
+    min_rows: int = Field(200, ge=20, description="Served images needed before live drift or the estimate is judged")
+    feedback_days: float = Field(14.0, gt=0, description="How far back predictions are joined to late labels")
+    min_feedback_rows: int = Field(50, ge=1, description="Late labels of the champion needed before its realized "
+                                   "accuracy is judged")  # fmt: skip
+    calibration_bins: int = Field(10, ge=2, le=50, description="Confidence bins of the accuracy estimate's calibration")
+    max_calibration_error: float = Field(
+        0.05, gt=0, lt=1, description="The estimate counts only if, on held-out rows the calibration did not see, "
+        "its expected calibration error is at most this",
+    )  # fmt: skip
+
+
 class KubernetesConfig(_Section):
     namespace: str = "ct"
     image: str = "ct-trainer:latest"
@@ -431,6 +457,7 @@ class Settings(_Section):
     gate: GateConfig = GateConfig()
     history: HistoryConfig = HistoryConfig()
     serve: ServeConfig = ServeConfig()
+    monitor: MonitorConfig = MonitorConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
 
     @model_validator(mode="after")

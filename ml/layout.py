@@ -125,6 +125,10 @@ def feedback(batch_id: str) -> str:
     return join(FEEDBACK, f"{batch_id}.parquet")
 
 
+#: ``state/monitor/latest.json``: ct_monitor's latest verdict on the champion, which the retrain policy reads.
+MONITOR_LATEST = join(STATE, "monitor", "latest.json")
+
+
 #: ``state/runs/``: one record per retrain decision, live or replayed, named by the time the run stands for.
 RUNS = "runs"
 #: ``state/replays/``: what each replay (a backfill's settings and force) was, by its id.

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml import layout
 from ml.config import Settings
-from ml.data import hashindex
+from ml.data import feedback, hashindex
 from ml.data.availability import MARKER_EXAMPLE, marker_event_time, record_batch
 from ml.data.validate import RuleFailure, ValidationOutcome, batch_failure, render_html, validate_manifest
 from ml.errors import BatchNotFound, CtError, InfrastructureUnavailable, NothingToDo, UnsafePath, UsageError
@@ -168,8 +168,9 @@ def golden_source_batches(lake: Lake) -> set[str]:
 
 
 def pending_batches(lake: Lake) -> list[str]:
-    """Committed batches that have been neither curated, quarantined nor frozen as a golden set."""
+    """Committed batches that have been neither curated, quarantined, frozen as a golden set nor taken as feedback."""
     done = set(curated_batches(lake)) | set(quarantined_batches(lake)) | golden_source_batches(lake)
+    done |= set(feedback.feedback_batches(lake))
     return [b for b in committed_batches(lake) if b not in done]
 
 
@@ -685,6 +686,11 @@ def ingest_batch(
     lake.delete_prefix(layout.dataset(dataset_id, root))
     if (failure := _batch_failure(lake, batch_id)) is not None:
         return _quarantine(lake, batch_id, [(failure, VALIDATION)], rows=0)
+    if root == layout.CURATED and feedback.is_feedback(lake, batch_id):  # late labels, not images
+        try:
+            return feedback.ingest(lake, batch_id, settings)
+        except feedback.FeedbackRejected as exc:
+            return _quarantine(lake, batch_id, [(batch_failure(exc.rule, exc.why, fix=exc.fix), VALIDATION)], rows=0)
     try:
         event_time = marker_event_time(lake.read_bytes(layout.commit_marker(batch_id)))
     except ValueError as exc:
@@ -772,6 +778,7 @@ def ingest_many(lake: Lake, batch_ids: list[str] | None, settings: Settings) -> 
         "batches": results,
         "curated": [r["batch_id"] for r in results if r["status"] == "curated"],
         "quarantined": [r for r in results if r["status"] == "quarantined"],
+        "feedback": [r["batch_id"] for r in results if r["status"] == "feedback"],
     }
 
 

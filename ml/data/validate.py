@@ -70,6 +70,11 @@ INGEST_CHECKS = {check.rule: check for check in (
     Check("commit_marker", "batch", "the _COMMITTED marker is a regular file, not a folder or a symlink, and any "
           "JSON in it states a valid event_time"),
     Check("ingest_error", "batch", "ingest raised an unexpected error on this batch; the others went on"),
+    # A feedback batch (landing/<batch_id>/feedback.csv of late labels: ml.data.feedback) is checked by these.
+    Check("feedback_columns", "batch", "feedback.csv is a UTF-8 CSV whose header names request_id and label"),
+    Check("feedback_rows", "batch", "feedback.csv has at least one row, each with a request id"),
+    Check("feedback_labels", "batch", "every label in feedback.csv is one of labels"),
+    Check("feedback_unique", "batch", "each request id in feedback.csv has one label"),
 )}  # fmt: skip
 ROW_CHECKS = tuple(rule for rule, check in INGEST_CHECKS.items() if check.level == "row")
 

@@ -8,7 +8,11 @@ Rules (each that fires adds a reason; none firing means skip, with why):
 * **data volume:** at least ``policy.min_new_images`` new training images;
 * **model age:** the champion is older than ``policy.max_model_age_days``;
 * **quality drop:** the champion's accuracy on the new labelled rows is below its recorded accuracy
-  minus ``policy.quality_tolerance``.
+  minus ``policy.quality_tolerance``;
+* **live alarms** from ``ct_monitor`` (``state/monitor/latest.json``, :mod:`ml.monitor.live`) about the
+  current champion, judged since the last retrain: the served images drifted, the label-free
+  estimate of live accuracy dropped, or the realized accuracy of late labels dropped. Like drift,
+  they wait out ``policy.cooldown_hours`` after a retrain. Backfills never read them (they are today's).
 
 ``decide`` is pure: the memory it needs (the drift streak, the last retrain) comes in as a
 :class:`PolicyState` and the updated state comes back. It lives in ``state/policy.json``; each
@@ -80,6 +84,7 @@ def decide(
     as_of: float,
     champion_age_days: float | None = None,
     force: bool = False,
+    live: dict[str, Any] | None = None,
 ) -> tuple[RetrainDecision, PolicyState]:
     if not window.train_batches:
         return RetrainDecision(False, [window.empty_reason()]), state
@@ -129,6 +134,14 @@ def decide(
     new_state = replace(
         state, considered_batches=tuple(sorted(set(state.considered_batches) | set(window.new_batches)))
     )
+    for alarm in live_alarms(live, window, state, as_of):
+        if cooling:
+            notes.append(f"live: {alarm['reason']}, but cooling down after a retrain")
+        else:
+            reasons.append(f"live: {alarm['reason']}")
+    if live:
+        signals["live"] = {"run_key": live.get("run_key"), "as_of": live.get("as_of"),
+                           "alarms": [a["trigger"] for a in live.get("alarms", [])]}  # fmt: skip
     if reasons:
         # A retrain resets the drift streak: the next model answers the drift seen so far.
         new_state = replace(new_state, drift_streak=0, last_retrain_at=as_of, last_retrain_run=window.run_key)
@@ -139,6 +152,16 @@ def decide(
     if not drifted and not drift.get("skipped"):
         notes.append("no drift")
     return RetrainDecision(False, notes or ["no rule fired"], signals), new_state
+
+
+def live_alarms(live: dict[str, Any] | None, window: Window, state: PolicyState, as_of: float) -> list[dict[str, str]]:
+    """ct_monitor's alarms that count for this run: about today's champion, newer than the last retrain, not later than the run."""
+    if not live or live.get("champion_version") != window.champion_version:
+        return []
+    judged_at = float(live.get("as_of") or 0)
+    if judged_at > as_of or (state.last_retrain_at is not None and judged_at <= state.last_retrain_at):
+        return []
+    return list(live.get("alarms") or [])
 
 
 def load_state(lake: Lake) -> PolicyState:

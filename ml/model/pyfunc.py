@@ -108,9 +108,13 @@ class ImageClassifier(PythonModel):
                     rows.append(self.pipeline.from_bytes(data))
                 except Exception as exc:  # PIL raises many types for a bad file; the caller needs which row
                     raise ServedModelError(f"row {start + offset}: not an image this model can read ({exc})") from exc
-            logits = self.session.run(["logits"], {"images": np.stack(rows)})[0]
-            out[start : start + len(rows)] = softmax(logits.astype(np.float64))
+            out[start : start + len(rows)] = self.run(np.stack(rows))
         return out
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities of model inputs (float32 NCHW in [0, 1], as :mod:`ml.model.preprocess` makes them)."""
+        logits = self.session.run(["logits"], {"images": inputs})[0]
+        return softmax(logits.astype(np.float64)).astype(np.float32)
 
     def answer(self, probabilities: np.ndarray) -> pd.DataFrame:
         """The response frame: label, its probability, then one column per class."""

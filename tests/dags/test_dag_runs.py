@@ -14,7 +14,8 @@ def states(dag_run) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
 
-def curated_event_extras(batch_id: str) -> list[dict]:
+def event_extras(asset: str) -> list[dict]:
+    """The extras of every event of ``asset``, oldest first."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -23,9 +24,14 @@ def curated_event_extras(batch_id: str) -> list[dict]:
         rows = session.scalars(
             select(AssetEvent)
             .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.name == "ct_curated_batches")
+            .where(AssetModel.name == asset)
+            .order_by(AssetEvent.id)
         ).all()
-        return [dict(e.extra) for e in rows if batch_id in (e.extra or {}).get("batch_ids", [])]
+        return [dict(e.extra or {}) for e in rows]
+
+
+def curated_event_extras(batch_id: str) -> list[dict]:
+    return [e for e in event_extras("ct_curated_batches") if batch_id in e.get("batch_ids", [])]
 
 
 def extra_link(dag_run, task_id: str, link_class: str) -> str:  # type: ignore[no-untyped-def]
@@ -120,9 +126,15 @@ def test_retrain_with_nothing_new_is_skipped_not_failed(run_dag, write_batch) ->
 
 
 def test_forced_retrain_then_ops_promote_and_rollback(run_dag, write_batch, settings, lake) -> None:
+    """Every move of @champion (the gate's, a rollback, a forced promotion) is a ct_champion asset event."""
+    before = len(event_extras("ct_champion"))  # the session's database holds other tests' events too
     write_batch("f1", 0, 500)
     run_dag("ct_ingest", run_conf={"batch_ids": ["f1"]})
-    run_dag("ct_retrain")
+    first = run_dag("ct_retrain")
+    assert states(first)["promoted"] == "success"
+    assert event_extras("ct_champion")[before:] == [{"version": "1", "model_uri": f"models:/{settings.model_name}/1",
+                                                    "previous_version": None, "action": "gate",
+                                                    "run_key": event_extras("ct_champion")[before]["run_key"]}]  # fmt: skip
     forced = run_dag("ct_retrain", when=datetime(2026, 2, 3, tzinfo=UTC), run_conf={"force_retrain": True})
     assert states(forced)["decide"] == "success" and states(forced)["gate"] == "success"
     client = registry.client(settings)
@@ -133,8 +145,14 @@ def test_forced_retrain_then_ops_promote_and_rollback(run_dag, write_batch, sett
     action = "rollback" if other == "1" else "promote"
     ops = run_dag("ct_ops", when=datetime(2026, 2, 4, tzinfo=UTC),
                   run_conf={"action": action, "version": other, "reason": "checked by the on-call engineer"})  # fmt: skip
-    assert ops.state == "success"
+    assert ops.state == "success" and states(ops) == {"move_champion": "success", "champion_moved": "success"}
     assert registry.champion(client, settings.model_name).version == other
+    moves = event_extras("ct_champion")[before:]
+    assert moves[-1]["version"] == other and moves[-1]["action"] == action and moves[-1]["previous_version"] == current
+    assert moves[-1]["model_uri"] == f"models:/{settings.model_name}/{other}"
+    assert len(moves) == (3 if current == "2" else 2), (
+        "one event per move: the gate's (and the forced run's), the override's"
+    )
     record = [h for h in (lake.read_json(k) for k in lake.list_keys("state/decisions")) if h["kind"] == action]
     assert [(r["candidate_version"], r["reasons"]) for r in record] == [(other, ["checked by the on-call engineer"])]
 

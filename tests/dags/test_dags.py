@@ -14,7 +14,7 @@ HEAVY = ["torch", "torchvision", "mlflow", "evidently", "great_expectations", "p
 
 def test_dagbag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dags) == {"ct_ingest", "ct_retrain", "ct_ops"}
+    assert set(dagbag.dags) == {"ct_ingest", "ct_retrain", "ct_ops", "ct_monitor"}
     for dag in dagbag.dags.values():
         assert dag.doc_md and "###" in dag.doc_md, f"{dag.dag_id} needs doc_md for the UI"
 
@@ -31,6 +31,18 @@ def test_retrain_chain_and_schedule(dagbag) -> None:
     assert type(dag.get_task("approval")).__name__ == "CtApprovalOperator"
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert set(dag.params.keys()) == {"force_retrain", "settings"}
+
+
+def test_the_loop_closes_through_assets(dagbag) -> None:
+    """ct_monitor's alarm starts ct_retrain; every move of @champion (gate, rollback, forced) is a ct_champion event."""
+    retrain = dagbag.dags["ct_retrain"]
+    assert {a.name for a in retrain.timetable.asset_condition.objects} == {"ct_curated_batches", "ct_live_alarm"}
+    assert [o.name for o in retrain.get_task("promoted").outlets] == ["ct_champion"]
+    assert [o.name for o in dagbag.dags["ct_ops"].get_task("champion_moved").outlets] == ["ct_champion"]
+    monitor = dagbag.dags["ct_monitor"]
+    assert type(monitor.timetable).__name__ == "CronTriggerTimetable" and monitor.timetable.expression == "0 * * * *"
+    assert monitor.get_task("monitor").downstream_task_ids == {"live_alarm", "serving_problems"}
+    assert [o.name for o in monitor.get_task("live_alarm").outlets] == ["ct_live_alarm"]
 
 
 def test_ingest_is_started_by_the_landing_watcher(dagbag) -> None:

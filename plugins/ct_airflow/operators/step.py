@@ -43,7 +43,9 @@ from ct_airflow.ui.links import MlflowModelLink, MlflowRunLink, ReportLink
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-RUN_KEY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate", "approval", "rollback", "promote"})
+RUN_KEY_STEPS = frozenset(
+    {"drift", "decide", "train", "evaluate", "gate", "approval", "rollback", "promote", "monitor"}
+)
 #: The steps a backfill replays: they share the run's replay key and its settings overrides.
 REPLAY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate"})
 #: ``ct_ops``: a rollback or a forced promotion, chosen by the run's Params (``action``, ``version``, ``reason``).
@@ -127,7 +129,7 @@ def command_args(step: str, step_args: Sequence[Any], context: Mapping[str, Any]
         args += ["--run-key", key]
     if replay and replay.overrides:
         args += ["--settings", json.dumps(replay.overrides, sort_keys=True)]  # every step decides with them
-    if step == "drift" and (as_of := run_time(context)):
+    if step in ("drift", "monitor") and (as_of := run_time(context)):
         args += ["--as-of", as_of]  # the run sees the world as of its time: data, champion, policy memory
     if step == "drift" and replay:
         args += ["--replay", replay.id]  # a backfill: the world from the history; nothing live moves
