@@ -9,7 +9,9 @@ values; :mod:`ct_airflow.ui` turns them into pages. Nothing here writes.
 * :func:`champion_card`: the version behind ``@champion`` as ct last moved it, and why;
 * :func:`drift_series`: each drift feature's score and threshold, run by run;
 * :func:`data_status`: landing batches waiting, curated batches, quarantined batches and their fixes;
-* :func:`replay_view`: every backfill replay day by day, beside what live ct decided.
+* :func:`replay_view`: every backfill replay day by day, beside what live ct decided;
+* :func:`serving_status`: what ``ct_monitor`` saw of the champion's live traffic: traffic per hour and
+  version, estimated against realized accuracy per version, label lag, alarms and service problems.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: How many of the newest runs the drift charts read (one ``drift.json`` and ``decision.json`` each).
 DRIFT_RUNS = 90
+#: How many of the newest ct_monitor reports the serving page reads.
+MONITOR_RUNS = 48
 #: Sample rows shown per failed rule of a quarantined batch.
 SAMPLE_ROWS = 5
 
@@ -313,3 +317,40 @@ def iso_day(epoch: Any) -> str:
     if not isinstance(epoch, int | float):
         return "unknown"
     return datetime.fromtimestamp(float(epoch), UTC).date().isoformat()
+
+
+def serving_status(lake: Lake, runs: int = MONITOR_RUNS) -> dict[str, Any]:
+    """The champion on its live traffic, from ct_monitor's reports (newest last): what the serving page shows.
+
+    Per version: its latest label-free estimate (with its interval, and whether its calibration held)
+    beside its realized accuracy from late labels (summed over the days of the latest report).
+    """
+    from ml.monitor.estimate import wilson
+
+    keys = [k for k in lake.list_keys(layout.join(layout.REPORTS, layout.MONITOR_DAG)) if k.endswith("/monitor.json")]
+    records = sorted((r for r in (_read_optional(lake, k) for k in keys) if r), key=lambda r: r.get("as_of", 0))[-runs:]
+    if not records:
+        return {"latest": None, "versions": [], "per_day": [], "traffic": [], "runs": 0}
+    latest = records[-1]
+    versions: dict[str, dict[str, Any]] = {}
+    for record in records:  # the newest estimate of each version wins
+        version = str(record["champion_version"])
+        versions[version] = {"version": version, "estimate": record.get("estimate") or {}, "as_of": record.get("as_of")}
+    for day in latest["realized"]["per_day"]:
+        entry = versions.setdefault(day["version"], {"version": day["version"], "estimate": {}, "as_of": None})
+        entry["rows"] = entry.get("rows", 0) + day["rows"]
+        entry["correct"] = entry.get("correct", 0) + day["correct"]
+    for entry in versions.values():
+        if entry.get("rows"):
+            entry["realized"] = entry["correct"] / entry["rows"]
+            entry["low"], entry["high"] = wilson(entry["correct"], entry["rows"])
+    traffic: dict[float, dict[str, int]] = {}
+    for row in latest.get("traffic") or []:
+        traffic.setdefault(row["hour"], {})[row["version"]] = row["rows"]
+    return {
+        "latest": latest,
+        "versions": sorted(versions.values(), key=lambda e: int(e["version"]) if e["version"].isdigit() else 0),
+        "per_day": latest["realized"]["per_day"],
+        "traffic": [{"hour": hour, "rows": per} for hour, per in sorted(traffic.items())],
+        "runs": len(records),
+    }

@@ -96,10 +96,10 @@ def fit(confidence: np.ndarray, correct: np.ndarray, bins: int, max_error: float
         "mean_confidence": float(confidence.mean()) if len(confidence) else None,
         "bin_confidence": xs,
         "bin_accuracy": ys,
-        "ece_uncalibrated": raw_error,
-        "ece_held_out": held_out_error,
+        "ece_uncalibrated": float(raw_error),
+        "ece_held_out": float(held_out_error),
         "max_calibration_error": max_error,
-        "reliable": len(confidence) >= 2 * bins and held_out_error <= max_error,
+        "reliable": bool(len(confidence) >= 2 * bins and held_out_error <= max_error),
     }
 
 

@@ -39,6 +39,27 @@ def wait_until(check, what: str, timeout: float = 90) -> None:  # type: ignore[n
         time.sleep(0.1)
 
 
+def serving_page_shows(verdict: dict) -> None:
+    """The dashboard's Serving page, through Airflow's app: estimated against realized accuracy, lag, alarms."""
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.testclient import TestClient
+
+    from ct_airflow.ui.app import create_app
+    from ct_airflow.ui.render import num
+    from tests.plugins.test_dashboard import table
+
+    app = create_app()
+    app.dependency_overrides[get_user] = lambda: {"name": "oncall"}
+    page = TestClient(app).get("/serving").text
+    version = table(page, "serving-versions")[1]
+    estimate, realized = verdict["estimate"], verdict["realized"]["champion"]
+    assert version[:4] == ["v1", num(estimate["reference_accuracy"]),
+                           f"{num(estimate['accuracy'])} ({num(estimate['low'])}-{num(estimate['high'])})", "yes"]  # fmt: skip
+    assert version[4].startswith(num(realized["accuracy"])) and version[5] == str(realized["rows"])
+    assert 'id="label-lag">Late labels came back after' in page
+    assert all(alarm["trigger"] in page for alarm in verdict["alarms"])
+
+
 def test_monitoring_sees_the_drop_retrains_and_the_service_switches_without_a_failed_request(
     run_dag, run_step, write_batch, settings, lake, ct_home: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -90,6 +111,7 @@ def test_monitoring_sees_the_drop_retrains_and_the_service_switches_without_a_fa
         assert realized["low"] <= realized["accuracy"] <= realized["high"]
         assert verdict["label_lag_hours"]["median"] > 0
         assert event_extras("ct_live_alarm")[-1]["alarms"] == [a["trigger"] for a in verdict["alarms"]]
+        serving_page_shows(verdict)
 
         # The labelled production images become a training batch, through ingest's rules like any other.
         harvested = run_step("harvest", "--feedback", "fb1", "--batch-id", "h1")

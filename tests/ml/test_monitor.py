@@ -4,6 +4,7 @@ batches and their rules, and the policy reading ct_monitor's alarms."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,8 @@ def calibrated_rows(rows: int, seed: int, low: float = 0.3) -> tuple[np.ndarray,
 def test_the_estimate_follows_the_accuracy_of_a_calibrated_model_when_confidence_moves() -> None:
     reference_conf, reference_correct = calibrated_rows(4000, seed=1)
     calibration = estimate.fit(reference_conf, reference_correct, bins=10, max_error=0.05)
-    assert calibration["reliable"] and calibration["ece_held_out"] < 0.05
+    assert calibration["reliable"] is True and calibration["ece_held_out"] < 0.05
+    assert json.loads(json.dumps(calibration)) == calibration, "plain JSON values: the report stores them as they are"
     assert calibration["accuracy"] == pytest.approx(reference_correct.mean())
     # live traffic the model finds harder: lower confidences, and (calibrated) lower accuracy
     live_conf, live_correct = calibrated_rows(2000, seed=2, low=0.1)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from ml import layout, overview
 from ml.release import registry
 
-ROUTES = ["/", "/decision/20260101T000000.000000-gate-k", "/drift", "/data", "/report/reports/x.json",
+ROUTES = ["/", "/decision/20260101T000000.000000-gate-k", "/drift", "/data", "/serving", "/report/reports/x.json",
           "/lake/reports/x.json", "/decisions"]  # fmt: skip
 
 
@@ -173,6 +173,11 @@ def test_hostile_text_is_escaped_and_a_corrupt_record_is_named(client, lake) -> 
     assert client.get("/decision/20260102T000000.000000-gate-broken").status_code == 404
     detail = client.get(f"/decision/{overview.decision_id(record)}").text
     assert "&lt;img src=x&gt;" in detail and "<img" not in detail
+
+
+def test_the_serving_page_says_what_to_do_before_anything_is_monitored(client) -> None:
+    page = client.get("/serving").text
+    assert "ct_monitor has not judged live traffic yet" in page and "python -m ml serve" in page
 
 
 @pytest.mark.parametrize("path", ROUTES)

@@ -228,6 +228,14 @@ def create_app() -> FastAPI:
         return _html(render.page("drift.html", title="Drift", active="drift", base=base, charts=rendered,
                                  runs=series["runs"]))  # fmt: skip
 
+    @app.get("/serving", response_class=HTMLResponse)
+    def serving_page() -> HTMLResponse:
+        from ml import overview as data
+
+        settings = _settings()
+        return _html(render.page("serving.html", title="Serving", active="serving", base=base,
+                                 serving=data.serving_status(_lake(settings)), model_name=settings.model_name))  # fmt: skip
+
     @app.get("/data", response_class=HTMLResponse)
     def data_page() -> HTMLResponse:
         from ml import overview as data
