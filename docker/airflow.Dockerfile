@@ -111,9 +111,9 @@ LABEL org.opencontainers.image.title="ct-airflow-worker" \
 ARG PIP_EXTRA_INDEX_URL=""
 USER 0
 RUN python -m pip install -c /opt/ct/requirements.lock \
-        torch torchvision great-expectations evidently mlflow pillow scipy scikit-learn onnx onnxruntime \
+        torch torchvision great-expectations evidently mlflow pillow scipy scikit-learn onnx onnxruntime prometheus-client \
     && python -m pip check \
-    && python -c "import ml.cli, ml.learn.train, ml.decide.drift, ml.data.validate, ml.learn.evaluate, torch, torchvision"
+    && python -c "import ml.cli, ml.learn.train, ml.decide.drift, ml.data.validate, ml.learn.evaluate, ml.serve.app, torch, torchvision"
 
 # What the NVIDIA container runtime mounts from the host driver when the gpu profile hands over a device.
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility

@@ -37,10 +37,10 @@ WORKDIR /opt/ct
 COPY requirements.lock ./
 RUN python -m pip install -c requirements.lock \
         great-expectations evidently mlflow pandas numpy pyarrow pillow scipy scikit-learn boto3 psycopg2-binary pydantic pyyaml \
-        onnx onnxruntime
+        onnx onnxruntime prometheus-client
 COPY pyproject.toml README.md ./
 COPY ml ./ml
-RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.learn.train, ml.decide.drift, ml.data.validate, ml.model.artifact, onnx, onnxruntime"
+RUN python -m pip install --no-deps . && python -c "import ml.cli, ml.learn.train, ml.decide.drift, ml.data.validate, ml.model.artifact, ml.serve.app, onnx, onnxruntime"
 
 RUN groupadd --gid 10001 ct && useradd --uid 10001 --gid ct --no-create-home --shell /usr/sbin/nologin ct \
     && mkdir -p /airflow/xcom /tmp/ct && chown -R ct:ct /airflow /tmp/ct

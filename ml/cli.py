@@ -440,7 +440,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     land = sub.add_parser("land", help="land a folder of labelled images (or an S3 prefix) as a committed batch",
                           description="Copy <source>/<label>/<file> to landing/<batch-id>/images/<label>/<file> "
                           "and commit it; --dry-run reports what ingest would accept and refuse, landing nothing")  # fmt: skip
-    land.add_argument("source", help="a folder with one subfolder per label, or s3://bucket/prefix")
+    land.add_argument("source", help="a folder with one subfolder per label, or s3://bucket/prefix; or a CSV of "
+                      "late labels (request_id,label) for served predictions: a feedback batch")  # fmt: skip
     land.add_argument("--batch-id", required=True, type=_checked_id, help="the new batch's id, e.g. photos-2026-12-07")
     land.add_argument("--event-time", type=_when, help="when the images were taken (ISO 8601 with a zone); "
                       "backfills replay the batch from then. Default: when it is ingested")  # fmt: skip

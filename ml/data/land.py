@@ -15,6 +15,10 @@ already curated are not looked up: the scratch lake has none.)
 
 Landing is idempotent: a batch whose marker is in place is not landed again; one whose landing was
 interrupted is completed (every file is written whole or not at all, the marker last).
+
+A CSV file instead of a folder is a **feedback batch**: late labels of served predictions
+(``request_id,label``; :mod:`ml.data.feedback`). It lands as ``landing/<batch_id>/feedback.csv``,
+and ingest checks it by its own rules.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ def land(
     """Land ``source`` as ``landing/<batch_id>`` (or, with ``dry_run``, report what ingest would make of it)."""
     if (problem := layout.id_problem(batch_id)) is not None:
         raise UsageError(problem)
+    if source.lower().endswith(".csv") and Path(source).expanduser().is_file():
+        return land_feedback(lake, Path(source).expanduser(), batch_id, event_time, dry_run, settings)
     reader, sizes = _source_files(source)
     moves = plan(sizes)
     left = sorted(rel for rel in sizes if rel not in moves and rel != layout.COMMIT_MARKER)
@@ -103,6 +109,30 @@ def land(
     _copy(reader, moves, lake, batch_id)
     lake.write_bytes(marker, _marker(event_time))  # last: the batch is complete before anyone may read it
     log.info("landed %d files as %s", len(moves), lake.uri(layout.landing(batch_id)))
+    return {**summary, "already_done": False, "landing_uri": lake.uri(layout.landing(batch_id)),
+            "next": f"python -m ml ingest --batch-id {batch_id}  (or let ct_ingest pick it up)"}  # fmt: skip
+
+
+def land_feedback(
+    lake: Lake, path: Path, batch_id: str, event_time: datetime | None, dry_run: bool, settings: Settings
+) -> dict[str, Any]:
+    """Land a CSV of late labels as a feedback batch; the dry run checks it by ingest's rules and lands nothing."""
+    from ml.data import feedback
+
+    raw = path.read_bytes()
+    summary = {"batch_id": batch_id, "source": str(path), "kind": "feedback"}
+    if dry_run:
+        try:
+            rows = len(feedback.check(raw, settings.labels))
+        except feedback.FeedbackRejected as exc:
+            rule = {"rule": exc.rule, "files": 0, "first": [], "observed": exc.why, "fix": exc.fix}
+            return {**summary, "dry_run": True, "would_be": "quarantined", "files": 1, "accepted": 0, "rules": [rule]}
+        return {**summary, "dry_run": True, "would_be": f"taken as feedback ({rows:,} late labels)", "files": 1,
+                "accepted": 1, "rows": rows, "rules": []}  # fmt: skip
+    marker = layout.commit_marker(batch_id)
+    if not lake.exists(marker):
+        lake.write_bytes(layout.join(layout.landing(batch_id), feedback.FILE), raw)
+        lake.write_bytes(marker, _marker(event_time))
     return {**summary, "already_done": False, "landing_uri": lake.uri(layout.landing(batch_id)),
             "next": f"python -m ml ingest --batch-id {batch_id}  (or let ct_ingest pick it up)"}  # fmt: skip
 

@@ -144,9 +144,16 @@ class Preprocessing:
         """Stored uint8 NHWC squares as the model's float32 NCHW input (the centre window)."""
         return to_input(center_crop(stored, self.size))
 
-    def from_bytes(self, data: bytes) -> np.ndarray:
-        """One encoded image file (PNG, JPEG, ...) as a float32 CHW input row: the serving path."""
+    def decoded(self, data: bytes) -> Image.Image:
+        """One encoded image file (PNG, JPEG, ...) decoded, upright and in the model's colour mode."""
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            _, pixels = self.stored(image)
-        return self.model_input(pixels[None])[0]
+            return to_channels(upright(image) if self.exif_orientation else image, self.channels)
+
+    def input_of(self, image: Image.Image) -> np.ndarray:
+        """A :meth:`decoded` image as a float32 CHW input row."""
+        return self.model_input(square(image, self.store_size, self.resize)[None])[0]
+
+    def from_bytes(self, data: bytes) -> np.ndarray:
+        """One encoded image file as a float32 CHW input row: the serving path."""
+        return self.input_of(self.decoded(data))

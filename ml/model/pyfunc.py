@@ -98,16 +98,23 @@ class ImageClassifier(PythonModel):
         self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         return self
 
-    def probabilities(self, images: Sequence[bytes]) -> np.ndarray:
-        """Class probabilities (rows x classes) of encoded image files, in order."""
+    def probabilities(self, images: Sequence[bytes], decoded: list[Any] | None = None) -> np.ndarray:
+        """Class probabilities (rows x classes) of encoded image files, in order.
+
+        ``decoded``, if given, receives each image as decoded (upright, in the model's colour mode),
+        for a caller that also describes the images (the prediction log) without decoding them twice.
+        """
         out = np.zeros((len(images), len(self.labels)), np.float32)
         for start in range(0, len(images), CHUNK):
             rows = []
             for offset, data in enumerate(images[start : start + CHUNK]):
                 try:
-                    rows.append(self.pipeline.from_bytes(data))
+                    image = self.pipeline.decoded(data)
+                    rows.append(self.pipeline.input_of(image))
                 except Exception as exc:  # PIL raises many types for a bad file; the caller needs which row
                     raise ServedModelError(f"row {start + offset}: not an image this model can read ({exc})") from exc
+                if decoded is not None:
+                    decoded.append(image)
             out[start : start + len(rows)] = self.run(np.stack(rows))
         return out
 
@@ -116,18 +123,17 @@ class ImageClassifier(PythonModel):
         logits = self.session.run(["logits"], {"images": inputs})[0]
         return softmax(logits.astype(np.float64)).astype(np.float32)
 
-    def answer(self, probabilities: np.ndarray) -> pd.DataFrame:
-        """The response frame: label, its probability, then one column per class."""
+    def columns(self, probabilities: np.ndarray) -> dict[str, Any]:
+        """The answer's columns, in order: label, its probability, then one column per class."""
         best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, np.int64)
-        frame = pd.DataFrame(
-            {
-                LABEL: [self.labels[i] for i in best],
-                PROBABILITY: probabilities[np.arange(len(best)), best].astype(np.float64),
-            }
-        )
-        for position, label in enumerate(self.labels):
-            frame[class_column(label)] = probabilities[:, position].astype(np.float64)
-        return frame
+        table = probabilities.astype(np.float64)
+        found: dict[str, Any] = {LABEL: [self.labels[i] for i in best], PROBABILITY: table[np.arange(len(best)), best]}
+        found.update({class_column(label): table[:, position] for position, label in enumerate(self.labels)})
+        return found
+
+    def answer(self, probabilities: np.ndarray) -> pd.DataFrame:
+        """The response frame (built at once: column by column, pandas takes milliseconds)."""
+        return pd.DataFrame(self.columns(probabilities))
 
     # No annotations on the inputs: MLflow reads them as the model's signature, and this one is set explicitly.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]

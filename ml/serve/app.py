@@ -12,7 +12,8 @@ production service needs:
 * ``GET /metrics``: Prometheus (:mod:`ml.serve.metrics`);
 * ``GET /ct/status``: the version serving, since when, the prediction log's counters and the last problems;
 * every answer row carries its ``request_id`` (the client's, else a new one) and the ``version``
-  that answered, and the response the header ``X-Ct-Model-Version``;
+  that answered, and the response the header ``X-Ct-Model-Version`` (and ``Server-Timing``: the
+  server's own milliseconds for the request, from its first byte read to its answer);
 * every answer goes to the prediction log (:mod:`ml.serve.predlog`), written off the request path
   and flushed when uvicorn shuts down on SIGTERM (after the requests in flight are answered).
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import io
 import json
 import logging
 import time
@@ -50,18 +50,6 @@ def problem_key(epoch: float) -> str:
     return layout.state(f"serve/problems/{layout.time_stamp(epoch)}-{uuid.uuid4().hex[:8]}.json")
 
 
-def served_statistics(data: bytes, channels: int) -> dict[str, Any]:
-    """The manifest's statistics of a served image (upright, in the model's colour mode, before resizing)."""
-    from PIL import Image
-
-    from ml.data.imagestats import statistics
-    from ml.model.preprocess import to_channels, upright
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return statistics(to_channels(upright(image), channels))
-
-
 class ChampionModel:
     """What MLflow's scoring server calls: the current champion's answer, with request ids and the version."""
 
@@ -74,6 +62,7 @@ class ChampionModel:
         self.metadata = Model(signature=ModelSignature(inputs=inputs))
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
@@ -84,30 +73,33 @@ class ChampionModel:
             raise MlflowException("no @champion is loaded yet; retry shortly (GET /ready says when)",
                                   error_code=TEMPORARILY_UNAVAILABLE)  # fmt: skip
         images = [as_bytes(cell, row) for row, cell in enumerate(data["image"].tolist())]
-        answer = serving.model.answer(serving.model.probabilities(images))
+        decoded: list[Any] = []
+        probabilities = serving.model.probabilities(images, decoded)
         given = data[REQUEST_ID].tolist() if REQUEST_ID in data.columns else [None] * len(images)
         ids = [str(x) if x not in (None, "") and x == x else uuid.uuid4().hex for x in given]  # x == x: not NaN
-        answer.insert(0, REQUEST_ID, ids)
-        answer[VERSION] = serving.version
+        columns = serving.model.columns(probabilities)
+        answer = pd.DataFrame({REQUEST_ID: ids, **columns, VERSION: [serving.version] * len(ids)})
         holder = _answered.get()
         if holder is not None:
             holder[VERSION] = serving.version
-        self._log(answer, images, serving)
+        labels = columns["label"]
+        self._log(ids, labels, columns["probability"].tolist(), images, decoded, serving)
+        self.metrics.count(serving.version, labels)
         return answer
 
-    def _log(self, answer: Any, images: list[bytes], serving: Serving) -> None:
-        now, channels = time.time(), serving.model.pipeline.channels
+    def _log(self, ids: list[str], labels: list[str], confidence: list[float], images: list[bytes],
+             decoded: list[Any], serving: Serving) -> None:  # fmt: skip
+        """One prediction log row per image: who asked, what was answered, and the image's hash and statistics."""
+        from ml.data.imagestats import statistics
+
+        now = time.time()
         rows, kept = [], {}
-        for request_id, label, probability, data in zip(
-            answer[REQUEST_ID], answer["label"], answer["probability"], images, strict=True
-        ):
+        for request_id, label, probability, data, image in zip(ids, labels, confidence, images, decoded, strict=True):
             sha256 = hashlib.sha256(data).hexdigest()
             rows.append({REQUEST_ID: request_id, "time": now, VERSION: serving.version, "label": label,
-                         "probability": float(probability), "sha256": sha256, "bytes": len(data),
-                         **served_statistics(data, channels)})  # fmt: skip
+                         "probability": probability, "sha256": sha256, "bytes": len(data), **statistics(image)})  # fmt: skip
             kept[sha256] = data
         self.prediction_log.append(rows, kept)
-        self.metrics.count(serving.version, answer["label"])
 
 
 class Service:
@@ -178,9 +170,44 @@ class Service:
         self.prediction_log.close()
 
 
+class _Measure:
+    """Plain ASGI middleware around ``/invocations``: counts and times each request, and names the version
+    that answered in ``X-Ct-Model-Version`` (the prediction writes it into a holder this request's context carries)."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/invocations":
+            await self.app(scope, receive, send)
+            return
+        holder: dict[str, str] = {}
+        token = _answered.set(holder)
+        started, status = time.perf_counter(), 500
+
+        async def send_with_version(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                # Server-Timing (W3C): the server's own time for this request, parse to answer, for clients to see
+                headers = [*message.get("headers", []),
+                           (b"server-timing", f"app;dur={(time.perf_counter() - started) * 1000:.3f}".encode())]  # fmt: skip
+                if VERSION in holder:
+                    headers.append((VERSION_HEADER.lower().encode(), holder[VERSION].encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_version)
+        finally:
+            _answered.reset(token)
+            self.service.metrics.observe_request(status, time.perf_counter() - started)
+            self.service.metrics.log_waiting.set(self.service.prediction_log.waiting)
+
+
 def build_app(service: Service) -> Any:
     """The ASGI app: ct's routes, then MLflow's scoring server for everything else."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
     from mlflow.pyfunc import scoring_server
 
@@ -194,22 +221,7 @@ def build_app(service: Service) -> Any:
 
     app = FastAPI(title="ct prediction service", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Any:
-        if request.url.path != "/invocations":
-            return await call_next(request)
-        holder: dict[str, str] = {}
-        token = _answered.set(holder)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            _answered.reset(token)
-        service.metrics.observe_request(response.status_code, time.perf_counter() - started)
-        service.metrics.log_waiting.set(service.prediction_log.waiting)
-        if VERSION in holder:
-            response.headers[VERSION_HEADER] = holder[VERSION]
-        return response
+    app.add_middleware(_Measure, service=service)
 
     @app.get("/ready")
     async def ready() -> Response:

@@ -22,7 +22,7 @@ import yaml
 from tests.deploy.conftest import COMPOSE_FILE, DOCKER_DIR, ENV_EXAMPLE, RunCompose
 
 ONE_SHOT = {"minio-init", "airflow-init"}
-ALWAYS = {"postgres", "minio", "mlflow", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer"}
+ALWAYS = {"postgres", "minio", "mlflow", "serve", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer"}
 CPU_SCHEDULER, GPU_SCHEDULER = "airflow-scheduler", "airflow-scheduler-gpu"
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer",
                     CPU_SCHEDULER, GPU_SCHEDULER}  # fmt: skip
@@ -166,7 +166,7 @@ def test_a_missing_secret_stops_compose_with_its_name(run_compose: RunCompose, t
 
 def test_published_ports_are_on_loopback_only(every_service: dict[str, dict[str, Any]]) -> None:
     published = [(name, port) for name, service in every_service.items() for port in service.get("ports", [])]
-    assert {name for name, _ in published} == {"airflow-apiserver", "mlflow", "minio"}
+    assert {name for name, _ in published} == {"airflow-apiserver", "mlflow", "minio", "serve"}
     for name, port in published:
         assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port}"
     assert "ports" not in every_service["postgres"]
@@ -187,6 +187,17 @@ def test_steps_run_where_the_step_libraries_are(every_service: dict[str, dict[st
     assert targets == {name: "worker" if name in (CPU_SCHEDULER, GPU_SCHEDULER) else "airflow" for name in targets}
     for name in AIRFLOW_SERVICES:
         assert every_service[name]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+
+def test_the_prediction_service_runs_on_the_worker_image_with_the_lake_and_mlflow(
+    every_service: dict[str, dict[str, Any]],
+) -> None:
+    serve = every_service["serve"]
+    assert serve["build"]["target"] == "worker" and serve["command"][:4] == ["python", "-m", "ml", "serve"]
+    env = serve["environment"]
+    assert env["CT_MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["CT_LAKE_URI"].startswith("s3://")
+    assert serve["ports"][0]["host_ip"] == "127.0.0.1" and serve["ports"][0]["target"] == 5002
+    assert "/ping" in " ".join(serve["healthcheck"]["test"])
 
 
 def test_ct_and_airflow_settings_for_the_compose_profile(every_service: dict[str, dict[str, Any]],

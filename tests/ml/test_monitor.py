@@ -76,6 +76,18 @@ def test_feedback_batches_are_taken_or_quarantined_by_their_rules(run_step, lake
     assert run_step("ingest")["skip"], "nothing pending: accepted feedback is not ingested again"
 
 
+def test_a_csv_of_late_labels_lands_as_a_feedback_batch(run_step, lake, tmp_path) -> None:
+    good, bad = tmp_path / "labels.csv", tmp_path / "typo.csv"
+    good.write_text("request_id,label\nabc,3\n")
+    bad.write_text("request_id,label\nabc,three\n")
+    rehearsed = run_step("land", str(bad), "--batch-id", "fb-typo", "--dry-run")
+    assert rehearsed["would_be"] == "quarantined" and rehearsed["rules"][0]["rule"] == "feedback_labels"
+    assert "three" in rehearsed["rules"][0]["observed"] and not lake.exists(layout.commit_marker("fb-typo"))
+    landed = run_step("land", str(good), "--batch-id", "fb-1")
+    assert landed["kind"] == "feedback" and lake.exists(layout.join(layout.landing("fb-1"), "feedback.csv"))
+    assert run_step("ingest")["feedback"] == ["fb-1"]
+
+
 def window(champion: str | None = "1", new: list[str] | None = None) -> Window:
     return Window.from_dict({"run_key": "r", "as_of": 1000.0, "champion_version": champion, "reference_batches": ["a"],
                              "new_batches": new or [], "train_batches": ["a", *(new or [])], "eval_batches": ["a"]})  # fmt: skip
