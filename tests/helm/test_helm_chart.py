@@ -285,7 +285,12 @@ def test_no_secret_is_rendered_only_referenced(render: Render) -> None:
     for _, spec in pod_specs(objects):
         for container in spec["containers"]:
             for var in container.get("env", []):
-                if "value" in var:
+                if var["name"] in (
+                    "CT_LAKE_URI",
+                    "CT_MLFLOW_TRACKING_URI",
+                ):  # the prediction service's, as ct.yaml has them
+                    assert "@" not in var["value"], var  # no user:password@ in a URI
+                elif "value" in var:
                     assert not any(word in var["name"] for word in ("SECRET", "PASSWORD", "TOKEN", "KEY", "URI")), var
     text = json.dumps(objects).lower()
     assert "postgresql" not in text and "password" not in text
@@ -398,14 +403,42 @@ def test_step_pods_accept_nothing_and_reach_only_mlflow_s3_and_dns(default_objec
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
 
 
-def test_mlflow_accepts_only_airflow_and_step_pods(default_objects: list[dict[str, Any]]) -> None:
+def test_mlflow_accepts_only_airflow_step_and_serving_pods(default_objects: list[dict[str, Any]]) -> None:
     policy = one(default_objects, "NetworkPolicy", "ct-mlflow")["spec"]
     assert policy["policyTypes"] == ["Ingress"]
     (rule,) = policy["ingress"]
     namespaces = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]]
-    assert namespaces == [NAMESPACE, STEP_NAMESPACE]
+    assert namespaces == [NAMESPACE, STEP_NAMESPACE, NAMESPACE]
+    assert rule["from"][2]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "serve"
     assert all("podSelector" in peer for peer in rule["from"]), "whole namespaces are never let in"
     assert rule["ports"] == [{"port": 5000, "protocol": "TCP"}]
+
+
+def test_the_prediction_service_is_a_probed_deployment_that_follows_the_champion(
+    default_objects: list[dict[str, Any]], render: Render
+) -> None:
+    deployment = one(default_objects, "Deployment", "ct-serve")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2 and spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["image"] == "ct-trainer:0.1.0" and container["args"][:1] == ["serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/ping"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CT_MLFLOW_TRACKING_URI"] == f"http://ct-mlflow.{NAMESPACE}.svc.cluster.local:5000"
+    assert env["CT_LAKE_URI"] == "s3://ct-lake/prod"
+    assert container["envFrom"] == [{"secretRef": {"name": "ct-serve-env"}}]
+    assert spec["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    service = one(default_objects, "Service", "ct-serve")
+    assert service["spec"]["ports"][0]["port"] == 5002
+    assert not by_kind(default_objects, "InferenceService"), "KServe is optional"
+    kserve = render(
+        {"serve": {"kserve": {"enabled": True, "storageUri": "s3://ct-mlflow-artifacts/1/models/m-1/artifacts"}}}
+    )
+    (inference,) = by_kind(kserve, "InferenceService")
+    assert inference["spec"]["predictor"]["model"]["modelFormat"] == {"name": "mlflow"}
+    off = render({"serve": {"enabled": False}})
+    assert not [o for o in off if o["metadata"]["name"] == "ct-serve"]
 
 
 def test_network_policies_can_be_turned_off(render: Render) -> None:

@@ -46,6 +46,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: mlflow
 {{- end -}}
 
+{{/* The prediction service's objects. */}}
+{{- define "ct.serve.fullname" -}}
+{{- printf "%s-serve" (include "ct.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ct.serve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ct.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: serve
+{{- end -}}
+
 {{/* The namespace of the Airflow release that launches the step pods. */}}
 {{- define "ct.airflowNamespace" -}}
 {{- default .Release.Namespace .Values.airflow.namespace -}}
