@@ -72,6 +72,8 @@ class Traffic:
     answers: list[dict] = field(default_factory=list)  # one per row: request_id, version, label, stream, status
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    shutting_down: bool = False  # set before SIGTERM: a refused connection then ends the loop, it is no failure
+    ended_by: str | None = None
     _thread: threading.Thread | None = None
 
     def start(self) -> Traffic:
@@ -91,6 +93,9 @@ class Traffic:
                 answer = session.post(f"{self.url}/invocations", json=body(images, ids), timeout=30)
             except requests.RequestException as exc:
                 if self.stop.is_set():
+                    return
+                if self.shutting_down and isinstance(exc, requests.ConnectionError):
+                    self.ended_by = f"{type(exc).__name__}: {exc}"
                     return
                 self.failures.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -114,3 +119,25 @@ class Traffic:
         self.stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+def broken_version(settings, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    """A registered version whose ONNX file is not the one its spec names (a corrupted artifact store)."""
+    from ml.learn import mlmodel
+    from ml.learn.train import model_spec, new_model
+    from ml.model import artifact
+
+    artifact.save(new_model(settings), model_spec(settings), tmp_path / "ct")
+    mlmodel.save(tmp_path / "ct", tmp_path / "model")
+    (tmp_path / "model/artifacts/ct/model.onnx").write_bytes(b"not the exported graph")
+    import mlflow
+
+    from ml.release import registry
+
+    client = registry.client(settings)
+
+    with mlflow.start_run(experiment_id=registry.experiment_id(settings, client)) as run:
+        mlflow.log_artifacts(str(tmp_path / "model"), "model")
+        return str(
+            client.create_model_version(settings.model_name, f"{run.info.artifact_uri}/model", run.info.run_id).version
+        )

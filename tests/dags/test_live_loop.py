@@ -1,5 +1,6 @@
 """The loop closed over real HTTP: the champion serves, live monitoring sees it fail, ct retrains and the
-service switches versions while a client keeps calling it, without a failed request.
+service switches versions while a client keeps calling it, without a failed request; a broken version
+is refused while the old one serves, the metrics count it all, and SIGTERM loses no logged prediction.
 
 Real parts throughout: ``python -m ml serve`` (MLflow's scoring server) in its own process, a
 client thread sending base64 PNGs, the prediction log in the lake, and the DAGs run by ``dag.test()``
@@ -9,17 +10,23 @@ client thread sending base64 PNGs, the prediction log in the lake, and the DAGs 
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
 
 from ml import layout
 from ml.demo import digits, drift, png_bytes
+from ml.release import registry
+from ml.serve import predlog
 from tests.conftest import free_port
 from tests.dags.test_dag_runs import event_extras, states
-from tests.serving import Traffic, service
+from tests.serving import Traffic, body, broken_version, service
 
 pytestmark = pytest.mark.xdist_group("live-loop")
 
@@ -80,7 +87,7 @@ def test_monitoring_sees_the_drop_retrains_and_the_service_switches_without_a_fa
     truth = {"clean": labels[CLEAN], "drifted": labels[DRIFTED]}
     url = f"http://127.0.0.1:{(port := free_port())}"
     env = {**knobs, "CT_HOME": str(ct_home), "CT_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    with service(port, env, tmp_path / "serve.log"):
+    with service(port, env, tmp_path / "serve.log") as proc:
         traffic = Traffic(url, streams, batch=4).start()
         traffic.wait_for(len(streams["clean"]))
         traffic.stream = "drifted"
@@ -143,6 +150,48 @@ def test_monitoring_sees_the_drop_retrains_and_the_service_switches_without_a_fa
         after = traffic.versions_after(mark)
         assert after == sorted(after, reverse=True)
         traffic.wait_for(len(traffic.answers) + 40)
+
+        # @champion moved behind ct's back to a version whose files are corrupt: v1 keeps serving, and says why.
+        bad = broken_version(settings, tmp_path / "bad")
+        registry.client(settings).set_registered_model_alias(settings.model_name, "champion", bad)
+        wait_until(lambda: requests.get(f"{url}/ct/status", timeout=5).json()["problems"], "the problem report")
+        status = requests.get(f"{url}/ct/status", timeout=5).json()
+        assert status["version"] == "1", "the broken version is not swapped in"
+        assert (
+            "SHA-256 differs" in status["problems"][-1]["message"]
+            and "v1 keeps serving" in status["problems"][-1]["message"]
+        )
+        mark = len(traffic.answers)
+        traffic.wait_for(mark + 40)
+        assert set(traffic.versions_after(mark)) == {"1"}
+        assert lake.list_keys(layout.state("serve/problems")), (
+            "in the lake, for ct_monitor's serving_problems to notify"
+        )
+        refused = requests.post(f"{url}/invocations", json=body([b"not an image"]), timeout=30)
+        assert refused.status_code == 400 and "row 0: not an image" in refused.text
+
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
+        assert re.search(r'ct_serve_requests_total\{status="200"\} [1-9]', metrics)
+        assert (
+            'ct_serve_request_errors_total{status="400"} 1.0' in metrics
+            and "ct_serve_request_seconds_bucket" in metrics
+        )
+        per_class = re.findall(r'ct_serve_predictions_total\{label="(\w+)",version="2"\} (\d+)', metrics)
+        assert sum(float(n) for _, n in per_class) > 0, "predictions per class and version"
+        assert "ct_serve_model_swaps_total 2.0" in metrics and "ct_serve_model_load_failures_total 1.0" in metrics
+
+        # SIGTERM while the client is still sending: every answered prediction reaches the log.
+        traffic.shutting_down = True
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM  # uvicorn finishes, runs the shutdown, re-raises SIGTERM
+        wait_until(lambda: traffic.ended_by is not None, "the client to find the service gone", timeout=30)
         traffic.finish()
+    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
+    served = traffic.answers
+    assert len(served) > 1000
+    assert all(row["header"] == row["version"] for row in served), "the header names the version too"
     assert traffic.failures == [], traffic.failures[:5]
-    assert len(traffic.answers) > 1000
+    logged = predlog.read(lake, 0, time.time() + 1)
+    assert {row["request_id"] for row in served} <= set(logged["request_id"]) and logged["request_id"].is_unique
+    row = logged.set_index("request_id").loc[served[0]["request_id"]]
+    assert row["version"] == "1" and len(row["sha256"]) == 64 and row["width"] == 8 and 0 <= row["bright"] <= 1
