@@ -10,6 +10,10 @@ decodes every image inside the batch root, builds the manifest, validates it wit
 Expectations suite `ml/data/suites/manifest.json`, then writes `curated/<batch_id>/` or
 `quarantine/<batch_id>/report.json`.
 
+A **feedback batch** (`landing/<batch_id>/feedback.csv`: `request_id,label`, late labels of
+served predictions) is checked by its own rules and kept in `feedback/<batch_id>.parquet`, where
+`ct_monitor` joins it to the prediction log; it starts no retrain by itself.
+
 **Emits** a `ct_curated_batches` event with the curated `batch_ids`, which starts `ct_retrain`.
 A quarantined batch fails `fail_on_quarantine` with the rule names and the report's location;
 nothing else touches it and the champion is untouched.

@@ -30,7 +30,7 @@ from ml import layout
 from ml.config import Settings
 from ml.data import feedback
 from ml.data.window import trained_batches
-from ml.errors import NothingToDo
+from ml.errors import CtError, InfrastructureUnavailable, NothingToDo
 from ml.monitor import estimate
 from ml.release import registry
 from ml.serve import predlog
@@ -152,11 +152,21 @@ def monitor(lake: Lake, settings: Settings, run_key: str, as_of: float | None = 
     since = as_of - cfg.window_hours * HOUR
     served_all = predlog.read(lake, as_of - cfg.feedback_days * DAY, as_of)
     served = served_all[(served_all["time"] >= since) & (served_all["version"].astype(str) == champion.version)]
-    calibration = calibrate(lake, settings, champion)
+    try:
+        calibration = calibrate(lake, settings, champion)
+    except (CtError, ValueError, OSError) as exc:  # a champion that cannot be loaded: judged without an estimate
+        if isinstance(exc, InfrastructureUnavailable):
+            raise
+        log.error("cannot calibrate v%s: %s", champion.version, exc)
+        calibration = {"error": f"v{champion.version} cannot be loaded to calibrate: {exc}", "accuracy": None,
+                       "reliable": False, "ece_held_out": None, "batches": []}  # fmt: skip
     reference_accuracy = calibration["accuracy"]
-    estimated = {**estimate.estimate(served["probability"].to_numpy(), calibration),
-                 "reliable": calibration["reliable"], "reference_accuracy": reference_accuracy,
-                 "ece_held_out": calibration["ece_held_out"]}  # fmt: skip
+    if "error" in calibration:
+        estimated = {"rows": len(served), "accuracy": None, "reliable": False, "error": calibration["error"]}
+    else:
+        estimated = {**estimate.estimate(served["probability"].to_numpy(), calibration),
+                     "reliable": calibration["reliable"], "reference_accuracy": reference_accuracy,
+                     "ece_held_out": calibration["ece_held_out"]}  # fmt: skip
     if estimated["accuracy"] is not None and reference_accuracy is not None:
         estimated["drop"] = reference_accuracy - estimated["accuracy"]
     late = realized(served_all, feedback.read_all(lake))

@@ -138,13 +138,21 @@ class ChampionFollower:
 
     def start(self) -> None:
         """Load the champion now (if there is one), then follow it in the background."""
-        self.refresh()
+        self._refresh_logged()
         self._thread = threading.Thread(target=self._follow, name="ct-champion-follower", daemon=True)
         self._thread.start()
 
     def _follow(self) -> None:
         while not self._stop.wait(self.settings.serve.poll_seconds):
+            self._refresh_logged()
+
+    def _refresh_logged(self) -> None:
+        """One refresh whatever goes wrong in it: the follower outlives any one failed look at the registry."""
+        try:
             self.refresh()
+        except Exception as exc:  # noqa: BLE001 - e.g. MLflow's client giving up its own retries; the next poll tries again
+            log.warning("could not read @champion (%s: %s); still serving v%s", type(exc).__name__, exc,
+                        self.current.version if self.current else "none")  # fmt: skip
 
     def stop(self) -> None:
         self._stop.set()

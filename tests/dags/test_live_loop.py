@@ -68,7 +68,7 @@ def serving_page_shows(verdict: dict) -> None:
 
 
 def test_monitoring_sees_the_drop_retrains_and_the_service_switches_without_a_failed_request(
-    run_dag, run_step, write_batch, settings, lake, ct_home: Path, tmp_path: Path, monkeypatch
+    run_dag, run_step, write_batch, settings, lake, ct_home: Path, tmp_path: Path, monkeypatch, webhook
 ) -> None:
     knobs = {"CT_SERVE__KEEP_IMAGES": "true", "CT_SERVE__POLL_SECONDS": "0.3", "CT_SERVE__LOG_FLUSH_SECONDS": "0.5",
              "CT_MONITOR__MIN_ROWS": "100", "CT_MONITOR__MIN_FEEDBACK_ROWS": "50"}  # fmt: skip
@@ -109,9 +109,10 @@ def test_monitoring_sees_the_drop_retrains_and_the_service_switches_without_a_fa
         assert states(monitored) == {"monitor": "success", "live_alarm": "success", "serving_problems": "success"}
         verdict = lake.read_json(layout.MONITOR_LATEST)
         assert verdict["champion_version"] == "1" and verdict["served_rows"] >= 600
-        assert {a["trigger"] for a in verdict["alarms"]} == {"live_drift", "estimated_drop", "realized_drop"}, verdict[
-            "alarms"
-        ]
+        assert {a["trigger"] for a in verdict["alarms"]} == {"live_drift", "estimated_drop", "realized_drop"}, (
+            verdict["alarms"],
+            verdict["estimate"],
+        )
         estimate, realized = verdict["estimate"], verdict["realized"]["champion"]
         assert estimate["reliable"] and estimate["drop"] > 0.05, estimate
         assert realized["rows"] == len(answered) and realized["drop"] > 0.05, realized
@@ -166,6 +167,12 @@ def test_monitoring_sees_the_drop_retrains_and_the_service_switches_without_a_fa
         assert set(traffic.versions_after(mark)) == {"1"}
         assert lake.list_keys(layout.state("serve/problems")), (
             "in the lake, for ct_monitor's serving_problems to notify"
+        )
+        checked = run_dag("ct_monitor", when=now())  # ct_monitor tells the on-call engineer
+        assert states(checked)["serving_problems"] == "failed"
+        (message,) = [m for m in webhook if m["task_id"] == "serving_problems"]
+        assert message["event"] == "task failed" and message["reason"].startswith(
+            f"prediction service: model: @champion v{bad}"
         )
         refused = requests.post(f"{url}/invocations", json=body([b"not an image"]), timeout=30)
         assert refused.status_code == 400 and "row 0: not an image" in refused.text

@@ -90,7 +90,7 @@ def test_list_and_top_level_overrides(tmp_path: Path, env: dict[str, str], expec
 def test_every_top_level_field_has_a_shortcut() -> None:
     from ml.config import Settings
 
-    sections = {"image", "ingest", "drift", "policy", "train", "gate", "history", "kubernetes"}
+    sections = {"image", "ingest", "drift", "policy", "train", "gate", "history", "serve", "monitor", "kubernetes"}
     assert set(TOP_LEVEL_ENV) == set(Settings.model_fields) - sections
     assert "labels" in TOP_LEVEL_ENV
 

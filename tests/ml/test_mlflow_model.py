@@ -40,7 +40,7 @@ def stored_rows_as_png(settings) -> tuple[list[bytes], np.ndarray]:  # type: ign
     return [mlmodel.png(image) for image in images], rows.labels
 
 
-def test_the_champion_loads_with_mlflows_pyfunc_and_answers_the_evaluate_steps_labels(champion, settings) -> None:
+def pyfunc_answers_the_evaluate_steps_labels(champion, settings) -> None:  # type: ignore[no-untyped-def]
     _version, evaluation = champion
     registry.client(settings)  # MLflow's globals now point at ct's registry, as MLFLOW_TRACKING_URI would
     import mlflow.pyfunc
@@ -66,7 +66,7 @@ def test_the_champion_loads_with_mlflows_pyfunc_and_answers_the_evaluate_steps_l
     }  # fmt: skip
 
 
-def test_the_version_is_an_mlflow_model_around_cts_own_files(champion, settings) -> None:
+def an_mlflow_model_around_cts_own_files(champion, settings) -> None:  # type: ignore[no-untyped-def]
     version, _ = champion
     with registry.downloaded(settings, registry.get_version(registry.client(settings), settings.model_name, version)) as folder:  # fmt: skip
         assert (folder / "MLmodel").is_file() and (folder / "mlflow_entry.py").is_file()
@@ -135,7 +135,7 @@ def test_mlflow_models_serve_answers_base64_images_with_the_same_labels(champion
         server.wait(timeout=30)
 
 
-def test_a_served_form_that_disagrees_with_evaluate_refuses_the_candidate(champion, settings) -> None:
+def a_served_form_that_disagrees_refuses_the_candidate(champion, settings) -> None:  # type: ignore[no-untyped-def]
     """served_parity counts every row whose served label is not the evaluate step's; the gate refuses on it."""
     version, evaluation = champion
     pred = np.asarray(evaluation["candidate"]["pred"])
@@ -157,6 +157,13 @@ def test_a_served_form_that_disagrees_with_evaluate_refuses_the_candidate(champi
     decision = gate.decide(y, pred, None, settings.labels, settings.gate, served=parity)
     assert decision.decision == "reject"
     assert any("served model" in reason and "another label" in reason for reason in decision.reasons)
+
+
+def test_the_champion_is_an_mlflow_model_that_answers_as_evaluate_did(champion, settings) -> None:
+    """One champion (training one is the cost), three looks at it: MLflow's loader, its files, and the gate's check."""
+    pyfunc_answers_the_evaluate_steps_labels(champion, settings)
+    an_mlflow_model_around_cts_own_files(champion, settings)
+    a_served_form_that_disagrees_refuses_the_candidate(champion, settings)
 
 
 def test_a_version_stored_before_mlmodel_still_loads_through_cts_loader(settings, tmp_path: Path) -> None:

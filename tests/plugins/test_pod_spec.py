@@ -24,7 +24,7 @@ K8S_VERSION = "1.37.0"
 REPO = Path(__file__).resolve().parents[2]
 #: The ct step tasks of each DAG; the rest are TaskFlow tasks that run in the worker under either runner.
 STEP_TASKS = {"ct_ingest": {"ingest"}, "ct_retrain": {"drift", "decide", "train", "evaluate", "gate", "apply_approval"},
-              "ct_ops": {"move_champion"}}  # fmt: skip
+              "ct_ops": {"move_champion"}, "ct_monitor": {"monitor"}}  # fmt: skip
 
 
 def build_pod(task, context) -> dict:  # type: ignore[no-untyped-def]

@@ -110,6 +110,7 @@ def live_alarm(result: dict[str, Any], outlet_events: Any = None, dag_run: Any =
 def serving_problems(result: dict[str, Any]) -> None:
     """Fail (and so notify, like any failed ct task) when the prediction service reported problems since the last run."""
     problems = result.get("problems") or []
-    if problems:
-        lines = [f"{p.get('kind')}: {p.get('message')}" for p in problems[-10:]]
-        raise AirflowFailException(f"the prediction service reported {len(problems)} problem(s):\n" + "\n".join(lines))
+    if problems:  # the first line is what a notification shows: the latest problem, and how many there were
+        lines = [f"{p.get('kind')}: {p.get('message')}" for p in reversed(problems[-10:])]
+        more = f" (and {len(problems) - 1} more, below)" if len(problems) > 1 else ""
+        raise AirflowFailException(f"prediction service: {lines[0]}{more}\n" + "\n".join(lines[1:]))
