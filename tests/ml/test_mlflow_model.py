@@ -86,7 +86,8 @@ def an_mlflow_model_around_cts_own_files(champion, settings) -> None:  # type: i
 
 
 def test_mlflow_models_serve_answers_base64_images_with_the_same_labels(champion, settings, tmp_path: Path) -> None:
-    """MLflow's own scoring server, in a fresh interpreter that runs the model's code folder, not this checkout."""
+    """`mlflow models serve -m models:/ct-classifier@champion --env-manager local`: MLflow resolves the alias in
+    ct's registry itself, and its fresh interpreter runs the model's code folder, not this checkout."""
     version, evaluation = champion
     with registry.downloaded(settings, registry.get_version(registry.client(settings), settings.model_name, version)) as folder:  # fmt: skip
         model_dir = tmp_path / "model"
@@ -95,6 +96,7 @@ def test_mlflow_models_serve_answers_base64_images_with_the_same_labels(champion
         shutil.copytree(folder, model_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CT_HOME")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri  # MLflow's own command resolves @champion itself
     where = subprocess.run(
         [sys.executable, "-c", "import sys, mlflow.pyfunc; mlflow.pyfunc.load_model(sys.argv[1]); "
          "import ml.model.pyfunc as served, sys; print(served.__file__, 'torch' in sys.modules)", str(model_dir)],
@@ -103,7 +105,7 @@ def test_mlflow_models_serve_answers_base64_images_with_the_same_labels(champion
     assert where == [str(model_dir / "code/ml/model/pyfunc.py"), "False"], "the model's own code, and no torch"
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", str(model_dir),
+        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{settings.model_name}@champion",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
