@@ -39,7 +39,7 @@ class Serving:
     loaded_at: float
 
 
-def example_request(folder: Path, files: Path, model: ImageClassifier) -> list[bytes]:
+def example_request(folder: Path, model: ImageClassifier) -> list[bytes]:
     """The images to check a version with: the input example stored in its MLmodel, else a blank of its stored size."""
     from ml.learn.mlmodel import example_image
 
@@ -72,7 +72,7 @@ def load_version(settings: Settings, version: registry.VersionInfo) -> Serving:
         if files is None:
             raise CtError(f"version {version.version} holds no spec.json: it is not a model ct stored")
         model = ImageClassifier().load(files, threads=settings.serve.threads)
-        check(model, example_request(folder, files, model))
+        check(model, example_request(folder, model))
     return Serving(version.version, version.run_id, model, time.time())
 
 
