@@ -158,6 +158,8 @@ def step_drift(args: argparse.Namespace, settings: Settings, lake: Lake) -> dict
         "drifted_features": verdict.get("drifted_features", []),
         "drifted_share": verdict.get("drifted_share"),
         "quality": verdict.get("quality"),
+        "harm": (verdict.get("harm") or {}).get("summary"),
+        "findings": [f["message"] for f in verdict.get("findings") or []],
         "skipped": verdict.get("skipped"),
         "report_uri": verdict["report_uri"],
         "html_uri": verdict.get("html_uri"),

@@ -159,16 +159,23 @@ class IngestConfig(_Section):
         return self
 
 
+#: Each image statistic's effect-size floor (its own units), from bench/drift_power.py: the smallest shifts that
+#: cost the champion a point of accuracy move these statistics by more, natural jitter by far less.
+DEFAULT_MIN_EFFECT: dict[str, float] = {"mean": 10.0, "std": 2.0, "bright": 0.012, "min": 5.0, "max": 5.0}
+
+
 class DriftConfig(_Section):
-    """Three detectors (image statistics, label mix, embeddings), each with thresholds calibrated on the reference."""
+    """Four detectors (image statistics, label mix, embeddings, the champion's outputs), each with thresholds
+    calibrated on the reference and a floor on the size of the change."""
 
     features: tuple[str, ...] = Field(
-        ("mean", "std", "bright", "min", "max", "width", "height", "label"),
-        description="Manifest columns compared: 'label' by Jensen-Shannon distance, the rest by normed Wasserstein",
+        ("mean", "std", "bright", "min", "max", "label"),
+        description="Manifest columns compared: 'label' by Jensen-Shannon distance, the rest by normed Wasserstein. "
+        "'width' and 'height' are never drift: a new image size is reported as its own finding",
     )
     false_alarm_rate: float = Field(
         0.02, gt=0, lt=0.5,
-        description="Chance that a window with no real shift is flagged; split evenly across the three detectors, "
+        description="Chance that a window with no real shift is flagged; split evenly across the four detectors, "
         "then across the usable image statistics",
     )  # fmt: skip
     null_resamples: int = Field(
@@ -179,15 +186,52 @@ class DriftConfig(_Section):
         "large the window: a calibrated threshold alone flags trivial shifts on huge windows",
     )  # fmt: skip
     min_jensenshannon: float = Field(0.05, ge=0, description="Likewise for the label mix's Jensen-Shannon distance")
+    min_effect: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_MIN_EFFECT),
+        description="Effect-size floor of each image statistic in its own units (Wasserstein distance: grey levels "
+        "for mean, std, min and max; share of pixels for bright): smaller changes never fire, however improbable. "
+        "Defaults measured by bench/drift_power.py",
+    )  # fmt: skip
+    min_class_share: float = Field(
+        0.05, ge=0, le=1, description="A class's share must move by at least this much (0.05: 5 points) to fire"
+    )
+    min_mmd: float = Field(
+        0.004, ge=0, description="Embedding MMD^2 floor (median-heuristic bandwidth): smaller never fires"
+    )
+    outputs: bool = Field(True, description="Also compare the champion's class probabilities (black-box shift "
+                          "detection: a Kolmogorov-Smirnov test on each class's probability)")  # fmt: skip
+    min_output_ks: float = Field(
+        0.15, ge=0, le=1, description="The champion's outputs fire only when a KS distance is at least this"
+    )
     embeddings: bool = Field(True, description="Also compare the champion's penultimate-layer embeddings")
-    embedding_max_rows: int = Field(1000, ge=50, description="Rows per side for embeddings (MMD is quadratic)")
+    embedding_max_rows: int = Field(
+        1000, ge=50, description="Rows per side for embeddings and outputs (MMD is quadratic)"
+    )
     max_rows: int = Field(20_000, ge=100, description="Rows sampled per side for the manifest columns")
     seed: int = 0
+
+    @field_validator("min_effect")
+    @classmethod
+    def _known_statistics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(DEFAULT_MIN_EFFECT))
+        if unknown:
+            raise ValueError(f"min_effect names {unknown}; the image statistics are {sorted(DEFAULT_MIN_EFFECT)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("min_effect floors must be >= 0")
+        return {**DEFAULT_MIN_EFFECT, **value}
 
 
 class PolicyConfig(_Section):
     min_new_images: int = Field(200, ge=1, description="Retrain when at least this many new labelled images arrived")
     retrain_on_drift: bool = True
+    drift_needs_harm: bool = Field(
+        True, description="Drift retrains only with evidence that it hurts: the champion's measured or estimated "
+        "accuracy on the new data falls by more than max_accuracy_drop, or its confidence fell",
+    )  # fmt: skip
+    max_accuracy_drop: float = Field(
+        0.02, ge=0, lt=1, description="Evidence of harm: the champion's accuracy on the new data is this far below its "
+        "accuracy on its held-out rows (and significantly so)",
+    )  # fmt: skip
     drift_windows: int = Field(1, ge=1, description="Debounce: drift must breach this many windows in a row")
     cooldown_hours: float = Field(0.0, ge=0, description="After a retrain, drift alone does not retrain for this long")
     max_model_age_days: float | None = Field(None, gt=0)

@@ -325,7 +325,7 @@ def serving_status(lake: Lake, runs: int = MONITOR_RUNS) -> dict[str, Any]:
     Per version: its latest label-free estimate (with its interval, and whether its calibration held)
     beside its realized accuracy from late labels (summed over the days of the latest report).
     """
-    from ml.monitor.estimate import wilson
+    from ml.decide.estimate import wilson
 
     keys = [k for k in lake.list_keys(layout.join(layout.REPORTS, layout.MONITOR_DAG)) if k.endswith("/monitor.json")]
     records = sorted((r for r in (_read_optional(lake, k) for k in keys) if r), key=lambda r: r.get("as_of", 0))[-runs:]

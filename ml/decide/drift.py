@@ -1,26 +1,42 @@
 """Drift: does the new data still look like what the champion was trained on?
 
-Three detectors compare the window's new batches with the champion's batches (the manifests of
-every split; the embeddings of its val/test rows, which it never trained on). Each can flag the
-window on its own; ``drift_detected`` is their OR:
+Four detectors compare the window's new batches with the champion's batches (the manifests of
+every split; the embeddings and outputs of its val/test rows, which it never trained on). Each can
+flag the window on its own; ``drift_detected`` is their OR:
 
-* ``image_stats``: each image statistic in ``drift.features`` (mean, std, bright, min, max, ...)
+* ``image_stats``: each image statistic in ``drift.features`` (mean, std, bright, min, max)
   is scored with Evidently's normed Wasserstein distance (W1 over the reference's SD). One usable
   statistic past its own threshold fires the detector; there is no share rule. A statistic that is
-  constant in the reference and in the window (width and height from a uniform source) is set
-  aside, so it dilutes nothing; one that is constant in the reference but not in the window fires.
+  constant in the reference and in the window is set aside, so it dilutes nothing.
 * ``label``: Evidently's Jensen-Shannon distance of the class mix (``label``), or the largest
   change of one class's share in standard errors (``class_share``), which sees one or two classes
   surging with more power than a distance spread over every class. Either one fires the detector.
 * ``embeddings``: the unbiased squared MMD (RBF kernel, median-heuristic bandwidth) between the
   champion's penultimate-layer embeddings of the new rows and of the reference rows. It is stored
   unclipped, so a quiet window can score below zero and trends stay visible.
+* ``outputs``: the champion's class probabilities (:func:`ml.decide.harm.output_drift`).
+
+**Improbable and large.** A feature fires only when its score is improbable under the reference
+(past its calibrated threshold) *and* the change is at least a floor in its own units:
+``drift.min_effect`` (the W1 distance in grey levels, or in share of bright pixels),
+``drift.min_class_share``, ``drift.min_mmd``, ``drift.min_output_ks``. With a few hundred rows, a
+sub-percent change of a statistic that hardly varies (the max of images that nearly always reach
+255) is statistically certain and means nothing; the floors, measured by ``bench/drift_power.py``
+against the shifts that cost the champion accuracy, keep it quiet.
+
+**Image size is a finding, not drift.** ``width`` and ``height`` never drive the verdict: a new
+size or aspect ratio is reported under ``findings`` ("new image size 640x480 from batch X"), and
+the pixels' statistics, embeddings and outputs say whether the new camera matters.
+
+**Does it hurt?** With the champion loaded, :func:`ml.decide.harm.assess` adds ``harm``: its
+measured and label-free estimated accuracy on the new rows against its held-out rows, and whether
+its outputs moved. The retrain policy asks for that evidence before drift retrains.
 
 No threshold is a fixed number. Each is calibrated on the reference for the window's size from
 ``drift.null_resamples`` seeded resamples of the score when nothing changed (windows drawn from the
 reference; for the labels, multinomial draws from its class shares; for MMD, random splits of the
 reference embeddings), as the ``1 - alpha`` quantile of a three-moment (Pearson III) fit to them.
-``drift.false_alarm_rate`` is split evenly across the three detectors, then across the usable
+``drift.false_alarm_rate`` is split evenly across the four detectors, then across the usable
 image statistics or the two label statistics (Bonferroni), so a window with no real shift is flagged
 with at most that probability. Tabular thresholds never fall below ``drift.min_wasserstein`` /
 ``drift.min_jensenshannon``: on huge windows a calibrated threshold alone flags trivial shifts.
@@ -48,19 +64,22 @@ from ml import layout
 from ml.config import DriftConfig, Settings
 from ml.data.ingest import read_manifest
 from ml.data.window import Window
+from ml.decide.harm import OUTPUTS, assess, output_drift
 from ml.storage import Lake
 
 log = logging.getLogger(__name__)
 
 CATEGORICAL = ("label",)
+SIZE_COLUMNS = ("width", "height")  # a finding of their own (:func:`size_findings`), never drift
 EMBEDDINGS = "embeddings"
 IMAGE_STATS = "image_stats"
-DETECTORS = (IMAGE_STATS, "label", EMBEDDINGS)
+DETECTORS = (IMAGE_STATS, "label", EMBEDDINGS, OUTPUTS)
 STATISTICS = {
     IMAGE_STATS: "normed Wasserstein distance (Evidently 'wasserstein': W1 / reference SD)",
     "label": "Jensen-Shannon distance of the class mix (Evidently 'jensenshannon'), or the largest class-share "
     "change in standard errors",
     EMBEDDINGS: "unbiased squared MMD, RBF kernel, median-heuristic bandwidth",
+    OUTPUTS: "Kolmogorov-Smirnov distance of each class probability and the top-class confidence",
 }
 NORM_FLOOR = 0.001  # Evidently's floor on the reference SD in the normed Wasserstein distance
 CALIBRATION_ROWS = 5000  # reference rows that stand for its distribution when resampling
@@ -95,11 +114,19 @@ def null_quantile(null: np.ndarray, level: float) -> float:
     return float(stats.pearson3.ppf(level, skew, loc=mean, scale=sd))
 
 
-def judged(score: float, calibrated: dict[str, float]) -> dict[str, Any]:
-    """A score against its calibrated threshold: the ratio (None for a zero threshold) and the verdict."""
+def judged(
+    score: float, calibrated: dict[str, float], effect: float | None = None, floor: float = 0.0
+) -> dict[str, Any]:
+    """A score against its calibrated threshold and the change against its floor: drifted only if improbable and large.
+
+    ``effect`` is the change in the feature's own units (the score itself when None).
+    """
     threshold = calibrated["threshold"]
+    improbable = bool(score > threshold)
+    effect = score if effect is None else effect
     return {"score": score, "threshold": threshold, "ratio": score / threshold if threshold > 0 else None,
-            "drifted": bool(score > threshold), "false_alarm_rate": calibrated["false_alarm_rate"]}  # fmt: skip
+            "drifted": improbable and effect >= floor, "improbable": improbable, "effect": effect, "floor": floor,
+            "false_alarm_rate": calibrated["false_alarm_rate"]}  # fmt: skip
 
 
 # --- image statistics: normed Wasserstein ---------------------------------------------------------
@@ -168,21 +195,28 @@ def image_stat_thresholds(reference: pd.DataFrame, current_rows: int, cfg: Drift
 
 
 def image_stat_features(
-    current: pd.DataFrame, reference: pd.DataFrame, thresholds: dict[str, dict[str, float]]
+    current: pd.DataFrame, reference: pd.DataFrame, thresholds: dict[str, dict[str, float]], floors: dict[str, float]
 ) -> dict[str, dict[str, Any]]:
-    """Score and verdict of each image statistic (the ``image_stats`` detector's inputs)."""
+    """Score and verdict of each image statistic (the ``image_stats`` detector's inputs).
+
+    The effect is the Wasserstein distance in the statistic's own units; ``floors`` (``drift.min_effect``)
+    is the least that counts.
+    """
     results: dict[str, dict[str, Any]] = {}
     for column in reference.columns:
         ref = reference[column].to_numpy(dtype=np.float64)
         cur = current[column].to_numpy(dtype=np.float64)
         score = normed_wasserstein(ref, cur)
+        effect, floor = float(stats.wasserstein_distance(ref, cur)), floors.get(column, 0.0)
         entry: dict[str, Any] = {"detector": IMAGE_STATS, "method": "wasserstein", "score": score}
         if column in thresholds:
-            results[column] = {**entry, **judged(score, thresholds[column])}
+            results[column] = {**entry, **judged(score, thresholds[column], effect, floor)}
         else:
-            # Nothing to calibrate: the reference never varies, so any difference is a change of source.
+            # Nothing to calibrate: the reference never varies, so any difference is improbable; it
+            # counts as drift only when it is as large as the floor.
             differs = float(np.mean(cur != ref[0]))
-            results[column] = {**entry, "threshold": 0.0, "ratio": None, "drifted": differs > 0,
+            results[column] = {**entry, "threshold": 0.0, "ratio": None, "drifted": differs > 0 and effect >= floor,
+                               "improbable": differs > 0, "effect": effect, "floor": floor,
                                "constant": "reference" if differs > 0 else "both", "reference_value": float(ref[0]),
                                "share_differing": differs}  # fmt: skip
     return results
@@ -247,28 +281,37 @@ def label_thresholds(reference: pd.Series, current_rows: int, cfg: DriftConfig) 
 
 
 def label_features(
-    current: pd.Series, reference: pd.Series, thresholds: dict[str, dict[str, float]]
+    current: pd.Series, reference: pd.Series, thresholds: dict[str, dict[str, float]], min_class_share: float = 0.0
 ) -> dict[str, dict[str, Any]]:
     """Scores and verdicts of the class mix (the ``label`` detector); either statistic is enough to fire.
 
     ``label`` is Evidently's Jensen-Shannon distance of the whole mix; ``class_share`` is the
     largest change of one class's share, in standard errors, which sees one or two classes surging
-    (the common case) with more power than a distance spread over every class.
+    (the common case) with more power than a distance spread over every class. A class counts only
+    when its share moved by at least ``min_class_share``; the one reported is the most improbable of
+    those (or of all, when none did).
     """
     keys, ref, cur = _shares(reference, current)
     js = float(_js_distance(ref, cur))
     z = _class_z(ref, cur, len(reference), len(current))
-    top = int(np.argmax(z))
+    moved = np.abs(cur - ref)
+    large = moved >= min_class_share
+    top = int(np.argmax(np.where(large, z, -np.inf))) if large.any() else int(np.argmax(z))
     return {
         "label": {"detector": "label", "method": "jensenshannon", **judged(js, thresholds["label"])},
         "class_share": {"detector": "label", "method": "largest class-share change, in standard errors",
-                        **judged(float(z[top]), thresholds["class_share"]), "class": str(keys[top]),
-                        "share": float(cur[top]), "reference_share": float(ref[top])},
+                        **judged(float(z[top]), thresholds["class_share"], float(moved[top]), min_class_share),
+                        "class": str(keys[top]), "share": float(cur[top]), "reference_share": float(ref[top])},
     }  # fmt: skip
 
 
 def _numeric(cfg: DriftConfig) -> list[str]:
-    return [f for f in cfg.features if f not in CATEGORICAL]
+    return [f for f in cfg.features if f not in CATEGORICAL and f not in SIZE_COLUMNS]
+
+
+def _compared(cfg: DriftConfig) -> list[str]:
+    """The manifest columns the tabular detectors compare: every configured feature but the image size."""
+    return [f for f in cfg.features if f not in SIZE_COLUMNS]
 
 
 def tabular_thresholds(reference: pd.DataFrame, current_rows: int, cfg: DriftConfig) -> dict[str, dict[str, float]]:
@@ -292,14 +335,15 @@ def tabular_features(
     """Every configured manifest column, scored and judged directly (no Evidently Report: it takes seconds)."""
     if thresholds is None:
         thresholds = tabular_thresholds(reference, len(current), cfg)
-    features = image_stat_features(current[_numeric(cfg)], reference[_numeric(cfg)], thresholds)
+    features = image_stat_features(current[_numeric(cfg)], reference[_numeric(cfg)], thresholds, cfg.min_effect)
     if "label" in cfg.features:
-        features.update(label_features(current["label"].astype(str), reference["label"].astype(str), thresholds))
+        features.update(label_features(current["label"].astype(str), reference["label"].astype(str), thresholds,
+                                       cfg.min_class_share))  # fmt: skip
     return features
 
 
 def _sample(frame: pd.DataFrame, cfg: DriftConfig) -> pd.DataFrame:
-    frame = frame[list(cfg.features)]
+    frame = frame[_compared(cfg)]
     return frame.sample(cfg.max_rows, random_state=cfg.seed) if len(frame) > cfg.max_rows else frame
 
 
@@ -317,14 +361,14 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, cfg: DriftConfig) ->
     reference = reference.astype({c: str for c in CATEGORICAL if c in reference})
     features = tabular_features(current, reference, cfg)
     definition = DataDefinition(
-        numerical_columns=_numeric(cfg), categorical_columns=[f for f in cfg.features if f in CATEGORICAL]
+        numerical_columns=_numeric(cfg), categorical_columns=[f for f in _compared(cfg) if f in CATEGORICAL]
     )
     preset = DataDriftPreset(
         # The HTML's dataset verdict follows ours: one drifted column is enough.
-        drift_share=1.0 / len(cfg.features),
+        drift_share=1.0 / len(_compared(cfg)),
         num_method="wasserstein",
         cat_method="jensenshannon",
-        per_column_threshold={name: features[name]["threshold"] or CONSTANT_THRESHOLD for name in cfg.features},
+        per_column_threshold={name: features[name]["threshold"] or CONSTANT_THRESHOLD for name in _compared(cfg)},
     )
     # Constant columns (e.g. every image 8x8) make Evidently divide by a zero spread; the scores stay right.
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
@@ -437,18 +481,18 @@ def embedding_drift(
     if calibration is None:
         calibration = embedding_calibration(reference, len(current), cfg)
     score = mmd2_unbiased(current, reference, calibration["bandwidth"])
-    return {**entry, **judged(score, calibration), "bandwidth": calibration["bandwidth"]}
+    return {**entry, **judged(score, calibration, floor=cfg.min_mmd), "bandwidth": calibration["bandwidth"]}
 
 
 # --- the verdict -------------------------------------------------------------------------------------
 
 
 def _detector(name: str, members: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One detector's summary: fired, and the score, threshold and ratio of its strongest feature."""
+    """One detector's summary: fired, and the score, threshold and ratio of its strongest feature (one that fired, if any)."""
     fired = sorted(f for f, e in members.items() if e["drifted"])
     calibrated = [(f, e) for f, e in members.items() if e.get("ratio") is not None]
-    moved = sorted(f for f, e in members.items() if e.get("constant") == "reference")
-    top = max(calibrated, key=lambda fe: fe[1]["ratio"], default=None)
+    moved = sorted(f for f, e in members.items() if e.get("constant") == "reference" and e["drifted"])
+    top = max([fe for fe in calibrated if fe[1]["drifted"]] or calibrated, key=lambda fe: fe[1]["ratio"], default=None)
     if moved and (top is None or not top[1]["drifted"]):
         # Only a column that never varied in the reference moved: it has no ratio (its threshold is 0).
         top = (moved[0], members[moved[0]])
@@ -465,7 +509,7 @@ def _detector(name: str, members: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def summarise(
     per_feature: dict[str, dict[str, Any]], cfg: DriftConfig, current_rows: int, reference_rows: int
 ) -> dict[str, Any]:
-    """The window drifts when any detector fires: one image statistic, the label mix, or the embeddings."""
+    """The window drifts when any detector fires: one image statistic, the label mix, the embeddings or the outputs."""
     by_detector: dict[str, dict[str, dict[str, Any]]] = {}
     for name, entry in per_feature.items():
         by_detector.setdefault(entry["detector"], {})[name] = entry
@@ -489,6 +533,75 @@ def summarise(
     }
 
 
+def size_findings(current: pd.DataFrame, reference: pd.DataFrame, limit: int = 5) -> list[dict[str, Any]]:
+    """Image sizes in the new batches that the reference never had: each a finding of its own, never drift.
+
+    A new camera often means a new size; whether it matters is for the pixels' statistics, the
+    embeddings and the champion's outputs to say. The ``limit`` most common new sizes are listed.
+    """
+    if not {"width", "height"} <= set(current.columns) & set(reference.columns) or current.empty:
+        return []
+    known = set(zip(reference["width"].astype(int), reference["height"].astype(int), strict=True))
+    aspects = {round(w / h, 2) for w, h in known if h}
+    new = current[[(int(w), int(h)) not in known for w, h in zip(current["width"], current["height"], strict=True)]]
+    findings = []
+    for (width, height), part in sorted(new.groupby(["width", "height"]), key=lambda wp: -len(wp[1]))[:limit]:
+        width, height = int(width), int(height)
+        batches = sorted(map(str, part["batch_id"].unique())) if "batch_id" in part else []
+        aspect = round(width / height, 2) if height else None
+        new_aspect = aspect is not None and aspect not in aspects
+        where = f" from batch{'es' if len(batches) > 1 else ''} {', '.join(batches)}" if batches else ""
+        extra = f"; new aspect ratio {aspect:g}" if new_aspect else ""
+        findings.append({"finding": "image_size", "size": f"{width}x{height}", "width": width, "height": height,
+                         "rows": len(part), "share": len(part) / len(current), "batches": batches,
+                         "aspect_ratio": aspect, "new_aspect_ratio": new_aspect,
+                         "message": f"new image size {width}\u00d7{height}{where} ({len(part)} of {len(current)} "
+                                    f"images{extra})"})  # fmt: skip
+    return findings
+
+
+def _through_champion(lake: Lake, settings: Settings, window: Window, model: Any) -> dict[str, Any]:
+    """The champion's view of the window: embeddings and outputs against its held-out rows, and its accuracy.
+
+    Every new row is scored (class and confidence, streamed); embeddings and class probabilities only
+    for the sampled rows that the MMD and KS tests compare, so memory does not grow with the window.
+    Returns the feature entries it adds and the harm assessment.
+    """
+    from ml.data.curated import ShardReader, join_rows, rows_of
+    from ml.learn.embed import embed_and_score, top_class
+    from ml.learn.train import pick_device
+
+    cfg = settings.drift
+    device = pick_device(settings.train.device)
+    size, limit = settings.image.size, cfg.embedding_max_rows
+    with ShardReader(lake) as reader:
+        new_rows = rows_of(reader, window.new_batches, None, settings.labels, size=size)
+        new_pred, new_conf = top_class(model, new_rows.batches(), device)
+        # The champion never trained on val/test rows: an unbiased reference for what it sees.
+        val, test = (rows_of(reader, window.reference_batches, part, settings.labels, size=size)
+                     for part in ("val", "test"))  # fmt: skip
+        held_out = join_rows(val, test)
+        held_out = held_out.take(sample_positions(len(held_out), limit, cfg.seed, 3))
+        ref_emb, ref_prob = embed_and_score(model, held_out.batches(), device)
+        sampled = new_rows.take(sample_positions(len(new_rows), limit, cfg.seed, 4))
+        new_emb, new_prob = embed_and_score(model, sampled.batches(), device)
+    features: dict[str, dict[str, Any]] = {}
+    if cfg.embeddings:
+        if not len(ref_emb):
+            ref_emb = np.zeros((0, new_emb.shape[1] if new_emb.ndim == 2 else 0), np.float32)
+        features[EMBEDDINGS] = embedding_drift(new_emb, ref_emb, cfg)
+    if cfg.outputs:
+        features[OUTPUTS] = output_drift(new_prob, ref_prob, settings.labels, detector_alpha(cfg), cfg.min_output_ks)
+    ref_correct = ref_prob.argmax(axis=1) == held_out.labels if len(ref_prob) else np.zeros(0, bool)
+    ref_conf = ref_prob.max(axis=1) if len(ref_prob) else np.zeros(0)
+    harm = assess(new_pred == new_rows.labels, new_conf, ref_correct, ref_conf, settings)
+    quality = {"champion_version": window.champion_version,
+               "accuracy_on_new": float((new_pred == new_rows.labels).mean()) if len(new_rows) else None,
+               "held_out_accuracy": float(ref_correct.mean()) if len(ref_correct) else None,
+               "rows": len(new_rows)}  # fmt: skip
+    return {"features": features, "harm": harm, "quality": quality}
+
+
 def detect_drift(
     lake: Lake,
     settings: Settings,
@@ -498,8 +611,9 @@ def detect_drift(
 ) -> dict[str, Any]:
     """Compare the window's new batches with the champion's training data and store the report.
 
-    With the champion model at hand, also compare its embeddings of new and reference images, and
-    measure its accuracy on the new labelled rows (none of which it was trained on).
+    With the champion model at hand, also compare its embeddings and outputs of new and held-out
+    images, measure its accuracy on the new labelled rows (none of which it was trained on), and
+    judge whether the shift is expected to hurt.
     """
     cfg = settings.drift
     json_key = layout.report(layout.RETRAIN_DAG, window.run_key, "drift.json")
@@ -515,41 +629,15 @@ def detect_drift(
     # split is by content hash), and a larger reference sharpens every threshold.
     reference = manifests(lake, window.reference_batches)
     result, snapshot = compare(current, reference, cfg)
-    quality = None
+    quality, harm = None, None
     if champion_model is not None:
-        from ml.data.curated import ShardReader, join_rows, rows_of
-        from ml.learn.embed import embed_and_predict
-        from ml.learn.train import pick_device, predict
-
-        device = pick_device(settings.train.device)
-        size, limit = settings.image.size, cfg.embedding_max_rows
-        with ShardReader(lake) as reader:
-            # Streamed: predictions for every new row, embeddings only for the rows the MMD compares
-            # (the same sample embedding_drift would draw), so memory does not grow with the window.
-            new_rows = rows_of(reader, window.new_batches, None, settings.labels, size=size)
-            new_pred = predict(champion_model.to(device), new_rows.batches(), device)
-            if cfg.embeddings:
-                # The champion never trained on val/test rows: an unbiased reference for its embeddings.
-                val, test = (rows_of(reader, window.reference_batches, part, settings.labels, size=size)
-                             for part in ("val", "test"))  # fmt: skip
-                held_out = join_rows(val, test)
-                new_emb, _ = embed_and_predict(
-                    champion_model, new_rows.take(sample_positions(len(new_rows), limit, cfg.seed, 4)).batches(), device
-                )
-                ref_emb, _ = embed_and_predict(
-                    champion_model, held_out.take(sample_positions(len(held_out), limit, cfg.seed, 3)).batches(), device
-                )
-                if not len(ref_emb):
-                    ref_emb = np.zeros((0, new_emb.shape[1] if new_emb.ndim == 2 else 0), np.float32)
-                result["features"][EMBEDDINGS] = embedding_drift(new_emb, ref_emb, cfg)
-                result = summarise(result["features"], cfg, result["current_rows"], result["reference_rows"])
-        quality = {
-            "champion_version": window.champion_version,
-            "accuracy_on_new": float((new_pred == new_rows.labels).mean()) if len(new_rows) else None,
-            "recorded_accuracy": champion_accuracy,
-            "rows": len(new_rows),
-        }
-    verdict = {**base, **result, "quality": quality}
+        seen = _through_champion(lake, settings, window, champion_model)
+        result = summarise({**result["features"], **seen["features"]}, cfg, result["current_rows"],
+                           result["reference_rows"])  # fmt: skip
+        quality = {**seen["quality"], "recorded_accuracy": champion_accuracy}
+        harm = seen["harm"]
+    findings = size_findings(current, reference)
+    verdict = {**base, **result, "quality": quality, "harm": harm, "findings": findings}
     html_key = layout.report(layout.RETRAIN_DAG, window.run_key, "drift.html")
     with tempfile.TemporaryDirectory(prefix="ct-drift-") as tmp:
         html = Path(tmp) / "drift.html"
@@ -557,5 +645,7 @@ def detect_drift(
         lake.write_file(html_key, html)
     verdict["html_uri"] = lake.uri(html_key)
     lake.write_json(json_key, verdict)
-    log.info("drift %s: fired %s, drifted %s", window.run_key, result["fired_detectors"], result["drifted_features"])
+    log.info("drift %s: fired %s, drifted %s; %s%s", window.run_key, result["fired_detectors"],
+             result["drifted_features"], (harm or {}).get("summary", "harm not assessed (no champion model)"),
+             "".join(f"; {f['message']}" for f in findings))  # fmt: skip
     return {**verdict, "report_uri": lake.uri(json_key)}

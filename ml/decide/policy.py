@@ -3,8 +3,12 @@
 Rules (each that fires adds a reason; none firing means skip, with why):
 
 * **forced** by the run's params, or **no champion yet** (once any data is curated);
-* **drift**, debounced: the window must drift ``policy.drift_windows`` times in a row, and drift alone
-  does not retrain within ``policy.cooldown_hours`` of the last retrain;
+* **drift that hurts**, debounced: the window must drift ``policy.drift_windows`` times in a row, and
+  drift alone does not retrain within ``policy.cooldown_hours`` of the last retrain. With
+  ``policy.drift_needs_harm`` (the default) it also needs the drift step's evidence of harm
+  (:mod:`ml.decide.harm`): the champion's measured or estimated accuracy on the new data fell by
+  more than ``policy.max_accuracy_drop``, or its confidence fell. Drift without harm is noted, and
+  skipped: a retrain costs a GPU run and the champion is fine;
 * **data volume:** at least ``policy.min_new_images`` new training images;
 * **model age:** the champion is older than ``policy.max_model_age_days``;
 * **quality drop:** the champion's accuracy on the new labelled rows is below its recorded accuracy
@@ -76,6 +80,22 @@ def _drift_text(drift: dict[str, Any]) -> str:
     return ", ".join(drift.get("drifted_features", [])) or "the window"
 
 
+def _harm(drift: dict[str, Any], cfg: PolicyConfig) -> tuple[bool, str]:
+    """Whether drift may retrain on its harm, and the words for it.
+
+    Without an assessment (no champion model was loaded, or a report from before harm was judged)
+    drift speaks for itself, and the reason says so.
+    """
+    harm = drift.get("harm") or {}
+    if not cfg.drift_needs_harm:
+        return True, ""
+    if harm.get("expected") is None:
+        return True, " (harm not assessed)"
+    if harm["expected"]:
+        return True, f", and it hurts: {'; '.join(harm['evidence'])}"
+    return False, f", but {harm.get('summary', 'no evidence of harm')}"
+
+
 def decide(
     window: Window,
     drift: dict[str, Any],
@@ -108,12 +128,16 @@ def decide(
         reasons.append("no champion yet")
     if cfg.retrain_on_drift and drifted and has_new:
         windows = f"{streak} window{'s' if streak != 1 else ''}"
+        hurts, harm_text = _harm(drift, cfg)
+        signals["harm"] = (drift.get("harm") or {}).get("expected")
         if streak < cfg.drift_windows:
             notes.append(f"drift on {_drift_text(drift)} for {windows} (< {cfg.drift_windows} needed)")
+        elif not hurts:
+            notes.append(f"drift on {_drift_text(drift)} for {windows}{harm_text}")
         elif cooling:
             notes.append(f"drift on {_drift_text(drift)} for {windows}, but cooling down after a retrain")
         else:
-            reasons.append(f"drift on {_drift_text(drift)} for {windows}")
+            reasons.append(f"drift on {_drift_text(drift)} for {windows}{harm_text}")
     if window.new_images >= cfg.min_new_images:
         reasons.append(f"{window.new_images:,} new images")
     elif has_new:

@@ -6,7 +6,7 @@ run's time, and the late labels of the feedback batches (:mod:`ml.data.feedback`
 * **live drift:** the served images' statistics against the champion's training data, with the
   drift step's own detectors and thresholds (:func:`ml.decide.drift.compare`); the label mix
   compared is the champion's *predicted* classes (a shift seen through the model's outputs);
-* **estimated accuracy** without labels (:mod:`ml.monitor.estimate`), calibrated on held-out rows
+* **estimated accuracy** without labels (:mod:`ml.decide.estimate`), calibrated on held-out rows
   of the champion's own training data, where it also measures the champion's **reference accuracy**;
 * **realized accuracy** where late labels exist, per version and per day, with Wilson intervals,
   and the **label lag** (how long labels take to come back);
@@ -30,8 +30,8 @@ from ml import layout
 from ml.config import Settings
 from ml.data import feedback
 from ml.data.window import trained_batches
+from ml.decide import estimate
 from ml.errors import CtError, InfrastructureUnavailable, NothingToDo
-from ml.monitor import estimate
 from ml.release import registry
 from ml.serve import predlog
 from ml.storage import Lake

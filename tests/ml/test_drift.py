@@ -1,8 +1,10 @@
 """Drift on constructed windows of real digits, and the calibration behind it.
 
 Each detector must stand on its own: one image statistic far past its threshold fires, a constant
-column neither dilutes nor fires unless it moves, a class surge fires the label detector, and a
-resample of the reference fires nothing. Thresholds come from the reference, seeded.
+column neither dilutes nor fires unless it moves by more than its floor, a class surge fires the
+label detector, and a resample of the reference fires nothing; neither does the jitter of an
+ordinary camera day. A new image size is a finding, never drift. Thresholds come from the
+reference, seeded.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from ml.data.curated import Split
 from ml.data.ingest import describe
 from ml.decide.drift import (
     compare,
+    detector_alpha,
     embedding_calibration,
     embedding_drift,
     mmd2_unbiased,
+    size_findings,
     summarise,
     tabular_features,
     tabular_thresholds,
 )
+from ml.decide.harm import output_drift
 from ml.demo import drift as camera_shift
-from ml.learn.embed import embed_and_predict
+from ml.learn.embed import embed_and_score
 from ml.learn.train import fit
 from ml.model.factory import build_model
 
@@ -93,7 +98,8 @@ def champion(digits, reference, settings):  # type: ignore[no-untyped-def]
     # A few epochs are enough for embeddings that tell digits apart, and keep this file quick.
     quick = settings.model_copy(update={"train": settings.train.model_copy(update={"epochs": 5})})
     fit(model, train, Split(ref_arrays[:0], train.labels[:0], pd.DataFrame()), quick, torch.device("cpu"))
-    return model, embed_and_predict(model, ref_arrays[~is_train], "cpu")[0]
+    embeddings, probabilities = embed_and_score(model, ref_arrays[~is_train], "cpu")
+    return model, embeddings, probabilities
 
 
 def pool_window(digits, seed: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -103,54 +109,74 @@ def pool_window(digits, seed: int) -> tuple[np.ndarray, np.ndarray]:  # type: ig
 
 
 def full_verdict(champion, reference, images, labels, settings) -> dict:  # type: ignore[no-untyped-def]
-    """All three detectors, as the drift step combines them (tabular scores computed directly)."""
-    model, reference_embeddings = champion
+    """All four detectors, as the drift step combines them (tabular scores computed directly)."""
+    model, reference_embeddings, reference_probabilities = champion
     current, arrays = frame(images, labels, settings)
     features = tabular_features(current, reference[0], settings.drift)
-    features["embeddings"] = embedding_drift(
-        embed_and_predict(model, arrays, "cpu")[0], reference_embeddings, settings.drift
-    )
+    embeddings, probabilities = embed_and_score(model, arrays, "cpu")
+    features["embeddings"] = embedding_drift(embeddings, reference_embeddings, settings.drift)
+    features["outputs"] = output_drift(probabilities, reference_probabilities, [str(d) for d in range(10)],
+                                       detector_alpha(settings.drift), settings.drift.min_output_ks)  # fmt: skip
     return summarise(features, settings.drift, len(current), len(reference[0]))
 
 
 def synthetic(rows: int, seed: int, mean_shift: float = 0.0) -> pd.DataFrame:
-    """Two varying statistics and a constant width/height, as a uniform source would give."""
+    """Two varying statistics, a max that always reaches 255, and one image size, as a uniform source would give."""
     rng = np.random.default_rng(seed)
     return pd.DataFrame({
-        "mean": rng.normal(70 + mean_shift, 8, rows), "std": rng.normal(76, 6, rows),
-        "width": np.full(rows, 32), "height": np.full(rows, 32),
+        "mean": rng.normal(70 + mean_shift, 8, rows), "std": rng.normal(76, 6, rows), "max": np.full(rows, 255.0),
+        "width": np.full(rows, 32), "height": np.full(rows, 32), "batch_id": "b1",
     })  # fmt: skip
 
 
-STATS_ONLY = DriftConfig(features=("mean", "std", "width", "height"), embeddings=False)
+STATS_ONLY = DriftConfig(features=("mean", "std", "max", "width", "height"), embeddings=False)
 
 
 def test_a_constant_column_neither_dilutes_nor_fires() -> None:
     reference = synthetic(1000, seed=1)
-    # Half a reference SD on one statistic of four: the old share rule (half of them) never fired.
-    result = summarise(tabular_features(synthetic(WINDOW, 2, mean_shift=4.0), reference, STATS_ONLY), STATS_ONLY,
+    # Two reference SDs (16 grey levels, past the 10-level floor) on one statistic of three.
+    result = summarise(tabular_features(synthetic(WINDOW, 2, mean_shift=16.0), reference, STATS_ONLY), STATS_ONLY,
                        WINDOW, len(reference))  # fmt: skip
     image_stats = result["detectors"]["image_stats"]
     assert image_stats["fired"] and image_stats["features_fired"] == ["mean"], image_stats
-    assert image_stats["constant"] == ["height", "width"]
-    for name in ("width", "height"):
-        assert result["features"][name]["drifted"] is False and result["features"][name]["constant"] == "both"
+    assert image_stats["constant"] == ["max"]
+    assert result["features"]["max"]["drifted"] is False and result["features"]["max"]["constant"] == "both"
     assert result["drifted_share"] == 0.5  # of the two statistics that can vary
+    # Width and height are never scored: a new size is a finding of its own.
+    assert not {"width", "height"} & set(result["features"])
     quiet = summarise(tabular_features(synthetic(WINDOW, 3), reference, STATS_ONLY), STATS_ONLY, WINDOW, 1000)
     assert not quiet["drift_detected"], quiet["detectors"]
 
 
-def test_a_constant_reference_column_that_changes_fires() -> None:
+def test_a_near_constant_statistic_fires_only_on_a_change_worth_noticing() -> None:
+    """A max that is always 255 moving to 250 is certain and meaningless; moving by three floors is drift."""
     reference = synthetic(1000, seed=1)
-    current = synthetic(WINDOW, seed=2)
-    current.loc[:9, "width"] = 64  # ten images from a new camera
-    result = strict_json(summarise(tabular_features(current, reference, STATS_ONLY), STATS_ONLY, WINDOW, 1000))
-    assert result["detectors"]["image_stats"]["features_fired"] == ["width"]
-    assert result["detectors"]["image_stats"]["feature"] == "width"
-    assert result["detectors"]["image_stats"]["constant_moved"] == ["width"]
-    assert result["features"]["width"]["constant"] == "reference"
-    assert result["features"]["width"]["share_differing"] == pytest.approx(10 / WINDOW)
-    assert result["drifted_features"] == ["width"]
+    floor = STATS_ONLY.min_effect["max"]
+    dimmer = synthetic(WINDOW, seed=2).assign(max=255.0 - 0.5 * floor)
+    quiet = strict_json(summarise(tabular_features(dimmer, reference, STATS_ONLY), STATS_ONLY, WINDOW, 1000))
+    assert quiet["features"]["max"]["improbable"] and not quiet["features"]["max"]["drifted"], quiet["features"]["max"]
+    assert quiet["features"]["max"]["effect"] == pytest.approx(0.5 * floor)
+    assert not quiet["drift_detected"] and quiet["detectors"]["image_stats"]["constant_moved"] == []
+    washed_out = synthetic(WINDOW, seed=2).assign(max=255.0 - 3 * floor)
+    result = strict_json(summarise(tabular_features(washed_out, reference, STATS_ONLY), STATS_ONLY, WINDOW, 1000))
+    assert result["detectors"]["image_stats"]["features_fired"] == ["max"]
+    assert result["detectors"]["image_stats"]["constant_moved"] == ["max"]
+    assert result["features"]["max"]["constant"] == "reference" and result["features"]["max"]["share_differing"] == 1
+    assert result["drifted_features"] == ["max"]
+
+
+def test_a_new_image_size_is_a_finding_not_drift() -> None:
+    reference = synthetic(1000, seed=1)
+    current = synthetic(WINDOW, seed=3).assign(width=640, height=480, batch_id="2026-03-01-camera")
+    current.loc[:49, ["width", "height"]] = 32  # a few from the old camera
+    result = summarise(tabular_features(current, reference, STATS_ONLY), STATS_ONLY, WINDOW, 1000)
+    assert not result["drift_detected"], result["detectors"]
+    findings = size_findings(current, reference)
+    assert [f["message"] for f in findings] == [
+        "new image size 640\u00d7480 from batch 2026-03-01-camera (250 of 300 images; new aspect ratio 1.33)"
+    ]
+    assert findings[0]["share"] == pytest.approx(250 / 300) and findings[0]["new_aspect_ratio"]
+    assert size_findings(synthetic(WINDOW, seed=4), reference) == []
 
 
 @pytest.mark.parametrize(
@@ -167,7 +193,7 @@ def test_image_shifts_fire_the_image_stats_detector_alone(digits, reference, set
     for name in expect:  # far past the threshold, not at its edge
         assert result["features"][name]["ratio"] > 5, result["features"][name]
     assert image_stats["feature"] in image_stats["features_fired"] and image_stats["ratio"] > 5, image_stats
-    assert {"width", "height"} <= set(image_stats["constant"])  # 8x8 everywhere: set aside, not counted
+    assert not {"width", "height"} & set(result["features"])  # a size is never drift
     assert "embeddings" not in result["detectors"]
 
 
@@ -212,8 +238,9 @@ def test_resampled_controls_raise_no_alarm(champion, digits, reference, settings
         if result["drift_detected"]:
             alarms.append((seed, result["drifted_features"]))
         # Every score is kept, below its threshold too, for the trend plots.
-        for name in ("mean", "std", "bright", "label", "class_share", "embeddings"):
-            assert {"score", "threshold", "ratio", "drifted"} <= result["features"][name].keys(), name
+        kept = {"score", "threshold", "ratio", "drifted", "effect", "floor"}
+        for name in ("mean", "std", "bright", "label", "class_share", "embeddings", "outputs"):
+            assert kept <= result["features"][name].keys(), name
     assert len(alarms) <= 1, f"false alarms: {alarms}"
     # The unbiased MMD^2 is stored as computed: a quiet window can land below zero.
     assert min(mmd) < 0 < max(mmd), mmd
@@ -227,6 +254,8 @@ def test_embedding_shifts_fire_the_embedding_detector(champion, digits, referenc
     result = full_verdict(champion, reference, shift(images), labels, settings)
     assert result["detectors"]["embeddings"]["fired"], result["detectors"]["embeddings"]
     assert "embeddings" in result["fired_detectors"]
+    # Seen through the model: the champion's outputs moved too (black-box shift detection).
+    assert result["detectors"]["outputs"]["fired"], result["features"]["outputs"]
 
 
 def test_tabular_false_alarms_stay_near_the_configured_rate() -> None:
@@ -239,7 +268,7 @@ def test_tabular_false_alarms_stay_near_the_configured_rate() -> None:
                              "bright": np.round(rng.beta(3, 8, rows) * 1024) / 1024, "width": 32,
                              "label": rng.choice(list("0123456789"), rows, p=np.r_[np.full(9, 0.09), 0.19])})  # fmt: skip
 
-    # With embeddings off, two of the three detectors run: a budget of 1% per window.
+    # With embeddings off, two of the four detectors run: a budget of 0.75% per window.
     cfg = DriftConfig(features=("mean", "std", "bright", "width", "label"), embeddings=False, false_alarm_rate=0.015)
     reference = draw(1000)
     thresholds = tabular_thresholds(reference, WINDOW, cfg)
@@ -274,3 +303,45 @@ def test_unbiased_mmd_matches_its_definition() -> None:
     expected = ((k_cc.sum() - np.trace(k_cc)) / (40 * 39) + (k_rr.sum() - np.trace(k_rr)) / (60 * 59)
                 - 2 * kernel(current, reference).mean())  # fmt: skip
     assert mmd2_unbiased(current, reference, 4.0) == pytest.approx(expected, rel=1e-9)
+
+
+def camera_day(images8: np.ndarray, size: int, rng: np.random.Generator, jitter: bool) -> list[Image.Image]:
+    """Digits upscaled to ``size`` px as a camera takes them; ``jitter``: +-1 px shifts and a 0.98-1.02 brightness factor."""
+    out = []
+    for pixels in images8:
+        image = Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+        if jitter:
+            dx, dy = rng.integers(-1, 2, 2)
+            image = image.transform(image.size, Image.Transform.AFFINE, (1, 0, int(dx), 0, 1, int(dy)))
+            array = np.asarray(image, np.float32) * rng.uniform(0.98, 1.02)
+            image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+        out.append(image)
+    return out
+
+
+def test_an_ordinary_camera_day_raises_no_alarm_at_64px(digits, settings) -> None:  # type: ignore[no-untyped-def]
+    """The reported case: +-1 px and +-2% brightness moved the max (nearly always 255) by a few grey levels,
+    which is certain with 300 rows and fired every window at 64 px. The floors keep it quiet."""
+    images, labels = digits
+    rng = np.random.default_rng(7)
+
+    def described(images8: np.ndarray, digits_: np.ndarray, jitter: bool) -> pd.DataFrame:
+        return pd.DataFrame([{**describe(image, settings)[0], "label": str(label)}
+                             for image, label in zip(camera_day(images8, 64, rng, jitter), digits_, strict=True)])  # fmt: skip
+
+    reference = described(images[REFERENCE], labels[REFERENCE], jitter=False)
+    no_floors = NO_EMBEDDINGS.model_copy(update={"min_effect": dict.fromkeys(NO_EMBEDDINGS.min_effect, 0.0),
+                                                 "min_class_share": 0.0})  # fmt: skip
+    thresholds = tabular_thresholds(reference, WINDOW, NO_EMBEDDINGS)
+    with_floors, without = [], []
+    for seed in range(4):
+        window_images, window_labels = pool_window(digits, seed)
+        current = described(window_images, window_labels, jitter=True)
+        with_floors.append(summarise(tabular_features(current, reference, NO_EMBEDDINGS, thresholds), NO_EMBEDDINGS,
+                                     WINDOW, len(reference)))  # fmt: skip
+        without.append(tabular_features(current, reference, no_floors, thresholds))
+    assert not any(v["drift_detected"] for v in with_floors), [v["drifted_features"] for v in with_floors]
+    # Without the floors the max fires on every window: improbable, but a change of a few grey levels.
+    assert all(w["max"]["drifted"] for w in without), [w["max"] for w in without]
+    assert all(v["features"]["max"]["improbable"] for v in with_floors)
+    assert max(v["features"]["max"]["effect"] for v in with_floors) < NO_EMBEDDINGS.min_effect["max"]

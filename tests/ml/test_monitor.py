@@ -13,8 +13,7 @@ import pytest
 from ml import layout
 from ml.config import PolicyConfig
 from ml.data.window import Window
-from ml.decide import policy
-from ml.monitor import estimate
+from ml.decide import estimate, policy
 
 
 def calibrated_rows(rows: int, seed: int, low: float = 0.3) -> tuple[np.ndarray, np.ndarray]:

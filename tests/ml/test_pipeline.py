@@ -72,28 +72,49 @@ def test_ingest_with_nothing_pending_is_a_skip(run_step) -> None:
     assert run_step("ingest") == {"skip": "no committed landing batch is waiting to be ingested"}
 
 
+def drift_on_a_second_batch(run_step, write_batch, count: int, transform=None) -> dict:  # type: ignore[no-untyped-def]
+    """A champion from 500 digits (run r1), then ``count`` new ones, ``transform``-ed, judged by run r2's drift step."""
+    write_batch("b1", 0, 500)
+    run_step("ingest")
+    retrain(run_step, "r1")
+    write_batch("b2", 500, count, transform=transform)
+    run_step("ingest")
+    return run_step("drift", "--run-key", "r2")
+
+
 def test_drift_is_detected_on_a_brighter_noisier_batch(run_step, write_batch) -> None:
     from ml.demo import drift
 
-    write_batch("b1", 0, 500)
-    run_step("ingest")
-    retrain(run_step, "r1")
-    write_batch("b2", 500, 300, transform=drift)
-    run_step("ingest")
-    verdict = run_step("drift", "--run-key", "r2")
+    verdict = drift_on_a_second_batch(run_step, write_batch, 300, drift)
     assert verdict["drift_detected"] and {"mean", "bright"} <= set(verdict["drifted_features"])
     assert verdict["html_uri"].endswith("drift.html")
+    # The champion is hurt: its accuracy on the new rows fell, and its outputs moved.
+    assert verdict["harm"].startswith("expected to hurt: champion accuracy on the 300 new rows"), verdict["harm"]
     decision = run_step("decide", "--run-key", "r2")
-    assert decision["retrain"] and decision["reasons"][0].startswith("drift on")
+    assert decision["retrain"] and decision["reasons"][0].startswith("drift on"), decision["reasons"]
+    assert ", and it hurts: champion accuracy on the 300 new rows" in decision["reasons"][0]
+    assert decision["signals"]["harm"] is True
+
+
+def test_a_new_camera_size_is_a_finding_and_does_not_retrain_a_champion_it_does_not_hurt(run_step, write_batch) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+
+    def new_camera(images: np.ndarray) -> np.ndarray:  # the same scenes with twice the pixels each way
+        return np.stack([np.asarray(Image.fromarray(i).resize((16, 16), Image.Resampling.NEAREST)) for i in images])
+
+    verdict = drift_on_a_second_batch(run_step, write_batch, 150, new_camera)
+    assert verdict["findings"] == ["new image size 16\u00d716 from batch b2 (150 of 150 images)"], verdict
+    assert not {"width", "height"} & set(verdict["drifted_features"])
+    assert verdict["harm"].startswith("no evidence of harm: accuracy on the new rows"), verdict["harm"]
+    decision = run_step("decide", "--run-key", "r2")
+    # The champion sees the difference (its embeddings and outputs moved), but it is not hurt: no retrain.
+    assert verdict["drift_detected"] and not decision["retrain"], decision["reasons"]
+    assert decision["reasons"][0].startswith("drift on embeddings, outputs for 1 window, but no evidence of harm")
 
 
 def test_clean_batch_raises_no_drift(run_step, write_batch) -> None:
-    write_batch("b1", 0, 500)
-    run_step("ingest")
-    retrain(run_step, "r1")
-    write_batch("b2", 500, 400)
-    run_step("ingest")
-    verdict = run_step("drift", "--run-key", "r2")
+    verdict = drift_on_a_second_batch(run_step, write_batch, 400)
     assert not verdict["drift_detected"], verdict
 
 

@@ -17,8 +17,12 @@ def window(new_images: int = 50, champion: str | None = "1", new: tuple[str, ...
                   train_batches=["b1", *new], eval_batches=["b1", *new], new_images=new_images)  # fmt: skip
 
 
-DRIFT = {"drift_detected": True, "drifted_features": ["mean"]}
+EVIDENCE = "its confidence fell (KS 0.41, p=0.00012)"
+DRIFT = {"drift_detected": True, "drifted_features": ["mean"], "harm": {"expected": True, "evidence": [EVIDENCE]}}
+HURTS = f", and it hurts: {EVIDENCE}"
 CALM = {"drift_detected": False, "drifted_features": []}
+HARMLESS = {**DRIFT, "harm": {"expected": False, "evidence": [], "summary": "no evidence of harm: accuracy on the new "
+                              "rows 0.930 vs 0.925 held-out, label-free estimate 0.928, confidence steady"}}  # fmt: skip
 
 
 def test_debounce_needs_consecutive_drifting_windows() -> None:
@@ -27,7 +31,7 @@ def test_debounce_needs_consecutive_drifting_windows() -> None:
     assert not first.retrain and first.reasons == ["drift on mean for 1 window (< 2 needed)", "50 new images < 200"]
     assert state.drift_streak == 1
     second, state = decide(window(new=("b10",)), DRIFT, cfg, state, NOW + HOUR)
-    assert second.retrain and second.reasons == ["drift on mean for 2 windows"]
+    assert second.retrain and second.reasons == [f"drift on mean for 2 windows{HURTS}"]
     assert state.drift_streak == 0 and state.last_retrain_at == NOW + HOUR
 
 
@@ -46,13 +50,13 @@ def test_cooldown_holds_drift_after_a_retrain() -> None:
     held, _ = decide(window(), DRIFT, cfg, state, NOW)
     assert not held.retrain and held.reasons[0] == "drift on mean for 1 window, but cooling down after a retrain"
     later, _ = decide(window(), DRIFT, cfg, state, NOW + 23 * HOUR)
-    assert later.retrain and later.reasons == ["drift on mean for 1 window"]
+    assert later.retrain and later.reasons == [f"drift on mean for 1 window{HURTS}"]
 
 
 def test_a_backfill_run_older_than_the_last_retrain_is_not_cooling() -> None:
     cfg = PolicyConfig(cooldown_hours=24)
     decision, _ = decide(window(), DRIFT, cfg, PolicyState(last_retrain_at=NOW), NOW - 30 * 24 * HOUR)
-    assert decision.retrain and decision.reasons == ["drift on mean for 1 window"]
+    assert decision.retrain and decision.reasons == [f"drift on mean for 1 window{HURTS}"]
 
 
 def test_enough_new_data_retrains() -> None:
@@ -63,7 +67,19 @@ def test_enough_new_data_retrains() -> None:
 
 def test_drift_and_volume_read_together() -> None:
     decision, _ = decide(window(new_images=1340), DRIFT, PolicyConfig(), PolicyState(), NOW)
-    assert decision.summary == "retrain: drift on mean for 1 window; 1,340 new images"
+    assert decision.summary == f"retrain: drift on mean for 1 window{HURTS}; 1,340 new images"
+
+
+def test_drift_without_harm_does_not_retrain() -> None:
+    decision, state = decide(window(), HARMLESS, PolicyConfig(), PolicyState(), NOW)
+    assert not decision.retrain and decision.signals["harm"] is False
+    assert decision.reasons[0] == f"drift on mean for 1 window, but {HARMLESS['harm']['summary']}"
+    assert state.drift_streak == 1 and state.last_retrain_at is None
+    # The same window retrains when drift alone is asked to, and when harm was never assessed.
+    alone, _ = decide(window(), HARMLESS, PolicyConfig(drift_needs_harm=False), PolicyState(), NOW)
+    assert alone.retrain and alone.reasons == ["drift on mean for 1 window"]
+    unknown, _ = decide(window(), {**DRIFT, "harm": None}, PolicyConfig(), PolicyState(), NOW)
+    assert unknown.retrain and unknown.reasons == ["drift on mean for 1 window (harm not assessed)"]
 
 
 def test_max_model_age_retrains_even_without_new_data() -> None:
