@@ -1,7 +1,8 @@
 """``python -m ml <step>``: one command per pipeline step, the same in a subprocess and in a pod.
 
 Inputs are ids and URIs. Logs go to stderr. The last line of stdout is one JSON object, which the
-Airflow operator turns into the task's XCom; in a pod it is also written to ``/airflow/xcom/return.json``.
+Airflow operator turns into the task's XCom; in a pod its operator also asks for it in
+``/airflow/xcom/return.json`` (the contract, exit codes included, is :mod:`ml.contract`).
 A step with nothing to do prints ``{"skip": "<reason>"}`` and exits 0. A failure prints
 ``{"error": ..., "error_type": ..., "retryable": ...}`` and exits with the code of its kind
 (:mod:`ml.errors`): 1 a failure to act on, 2 refused arguments, 75 a service did not answer.
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ml.config import REPLAY_SECTIONS, Settings, apply_overrides, load_settings
+from ml.contract import XCOM_DIR, XCOM_ENV, XCOM_FILE
 from ml.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -37,8 +39,6 @@ from ml.outage import outage
 from ml.storage import Lake
 
 log = logging.getLogger("ml")
-
-XCOM_DIR = Path("/airflow/xcom")
 
 Step = Callable[[argparse.Namespace, Settings, Lake], dict[str, Any]]
 
@@ -476,8 +476,10 @@ def emit(result: dict[str, Any]) -> None:
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 speaks for the step
         log.info("rank %s: %s", os.environ["RANK"], line)
         return
-    if XCOM_DIR.is_dir():
-        (XCOM_DIR / "return.json").write_text(line)
+    if os.environ.get(XCOM_ENV) == "1":  # only a pod whose operator reads the XCom sidecar asks for this
+        xcom = Path(XCOM_DIR)
+        xcom.mkdir(parents=True, exist_ok=True)
+        (xcom / XCOM_FILE).write_text(line)
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

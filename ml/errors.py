@@ -1,6 +1,6 @@
 """Exceptions that a step raises, and the exit codes they map to; each message says what to do next.
 
-Exit codes of ``python -m ml`` (the operator maps them to task outcomes):
+Exit codes of ``python -m ml`` (defined in :mod:`ml.contract`; the operator maps them to task outcomes):
 
 ====  =====================================================================================
 0     success, or nothing to do (the JSON line then holds ``skip``)
@@ -12,10 +12,9 @@ Exit codes of ``python -m ml`` (the operator maps them to task outcomes):
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 75  # sysexits.h EX_TEMPFAIL
+from ml.contract import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE"]
 
 
 class CtError(Exception):

@@ -3,10 +3,13 @@ a named error, their own exit code, and never a recorded decision or a silent "n
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ml import layout
 from ml.config import load_settings
+from ml.contract import XCOM_ENV, XCOM_FILE
 from ml.data.window import window_key
 from ml.errors import CorruptState, InfrastructureUnavailable
 from ml.release import registry
@@ -25,6 +28,21 @@ def test_refused_ids_print_a_json_error_and_exit_2(run_step, batch_id: str) -> N
 
 def test_unknown_step_is_a_usage_error(run_step) -> None:
     assert run_step("trian")["error_type"] == "UsageError"
+
+
+def test_a_step_writes_the_pods_result_file_only_when_its_operator_asks(run_step, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A local step on a host where the XCom folder exists must not write into another process's result."""
+    from ml import cli
+
+    xcom = tmp_path / "xcom"
+    xcom.mkdir()
+    monkeypatch.setattr(cli, "XCOM_DIR", str(xcom))
+    monkeypatch.delenv(XCOM_ENV, raising=False)
+    assert "skip" in run_step("ingest")  # nothing is waiting in landing/
+    assert list(xcom.iterdir()) == []
+    monkeypatch.setenv(XCOM_ENV, "1")  # what the pod operator sets
+    result = run_step("ingest")
+    assert json.loads((xcom / XCOM_FILE).read_text()) == result
 
 
 @pytest.fixture

@@ -124,6 +124,21 @@ def test_a_normal_result_is_the_tasks_xcom_and_feeds_the_links(finished, cluster
     assert cluster.api.read_namespaced_pod_log.call_args.kwargs["follow"] is False
 
 
+def test_a_result_read_before_the_sidecar_stop_lost_its_socket_is_kept(finished, cluster, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The exec websocket can close while the sidecar shuts down, after return.json was read."""
+    from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
+    from websocket import WebSocketConnectionClosedException
+
+    def closed(manager, pod):  # type: ignore[no-untyped-def]
+        raise WebSocketConnectionClosedException("Connection to remote host was lost.")
+
+    monkeypatch.setattr(PodManager, "extract_xcom_kill", closed)
+    result = {"model_version": "7", "run_id": "abc", "run_key": RUN_KEY}
+    task, pod_name, reentry = finished(0, result)
+    assert reentry() == result and task.step_result == result  # succeeded: no retry reruns the step
+    assert [body["metadata"]["name"] for body in cluster.created] == [pod_name], "one pod, never a second"
+
+
 def test_a_skip_result_skips_the_task(finished, cluster) -> None:
     _, pod_name, reentry = finished(0, {"skip": "no reason to retrain: no new data"})
     with pytest.raises(AirflowSkipException, match="no reason to retrain"):

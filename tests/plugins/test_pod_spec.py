@@ -18,6 +18,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from ct_airflow.operators.step import OVERRIDE_STEP, CtStepOperator, ct_step
+from ml.contract import XCOM_ENV
 from tests.plugins.conftest import RUN_ID, RUN_KEY, SIDECAR_IMAGE
 
 K8S_VERSION = "1.37.0"
@@ -56,6 +57,7 @@ def test_train_pod_requests_a_gpu_and_validates(kube_settings, cluster, task_con
     assert base["envFrom"] == [{"secretRef": {"name": "ct-s3-credentials"}}]
     assert not any("SECRET" in name or "PASSWORD" in name for name in env), "secrets come from Secrets, not values"
     assert {"name": "xcom", "mountPath": "/airflow/xcom"} in base["volumeMounts"]
+    assert env[XCOM_ENV] == "1"  # the step writes the sidecar's return.json only when its pod asks
     assert base["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
     assert sidecar["name"] == "airflow-xcom-sidecar" and sidecar["image"] == SIDECAR_IMAGE

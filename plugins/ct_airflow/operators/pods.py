@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook  # noqa: TID253
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator  # noqa: TID253
-from airflow.providers.cncf.kubernetes.utils.pod_manager import PodPhase  # noqa: TID253
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager, PodPhase  # noqa: TID253
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client import models as k8s
 from kubernetes.client.exceptions import ApiException
+from websocket import WebSocketConnectionClosedException
 
-from ct_airflow.operators.step import EXIT_FAILED, StepFailed, StepMixin, check_step
+from ct_airflow.operators.step import StepFailed, StepMixin, check_step
 from ct_airflow.ui.links import MlflowModelLink, MlflowRunLink, ReportLink
+from ml.contract import EXIT_FAILED, XCOM_ENV
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -75,6 +77,23 @@ def container_exit(pod: k8s.V1Pod | None, container_name: str) -> tuple[int | No
     return terminated.exit_code, f"{how}: {terminated.message}" if terminated.message else how
 
 
+class ResultKeepingPodManager(PodManager):
+    """The provider's pod manager, except that a result already read survives the XCom sidecar's stop.
+
+    After reading ``return.json`` the provider stops the sidecar over a second exec websocket, which
+    can close while the sidecar shuts down. It forgives an API error there but not a closed socket,
+    which then replaces the result it had read: the task would fail, its pod be deleted and a
+    finished step run again. A closed socket at that moment is a warning here, and the result stands.
+    """
+
+    def extract_xcom_kill(self, pod: k8s.V1Pod) -> None:
+        try:
+            super().extract_xcom_kill(pod)
+        except WebSocketConnectionClosedException as exc:
+            self.log.warning("The XCom sidecar of pod %s closed its connection while it was being stopped (%s); "
+                             "the result was already read", pod.metadata.name, exc)  # fmt: skip
+
+
 class CtPodOperator(StepMixin, KubernetesPodOperator):
     """Run ``python -m ml <step>`` for this DAG run in a pod of the trainer image, deferred while it runs.
 
@@ -116,7 +135,8 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
             image_pull_policy=kube.image_pull_policy,
             cmds=step_command(step, gpus),
             arguments=[],  # from the run's context, when the pod is built (build_pod_request_obj)
-            env_vars=[k8s.V1EnvVar(name="TQDM_DISABLE", value="1")],  # CT_CONFIG_JSON too, when the pod is built
+            # CT_CONFIG_JSON too, when the pod is built; XCOM_ENV asks the step for the sidecar's return.json.
+            env_vars=[k8s.V1EnvVar(name="TQDM_DISABLE", value="1"), k8s.V1EnvVar(name=XCOM_ENV, value="1")],
             env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=s)) for s in kube.env_from_secrets],
             container_resources=k8s.V1ResourceRequirements(
                 requests={"cpu": kube.cpu_request, "memory": kube.memory_request}, limits=limits
@@ -175,6 +195,10 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
         env = [e for e in self.env_vars if getattr(e, "name", None) != "CT_CONFIG_JSON"]
         self.env_vars = [*env, k8s.V1EnvVar(name="CT_CONFIG_JSON", value=self.config_json)]
         return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    @cached_property
+    def pod_manager(self) -> PodManager:
+        return ResultKeepingPodManager(kube_client=self.client, callbacks=self.callbacks)
 
     def execute(self, context: Context) -> Any:
         self.log.info(

@@ -39,18 +39,11 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from ct_airflow.runkey import is_backfill, replay_run_key, run_key, run_time, triggering_batch_ids
 from ct_airflow.ui.links import MlflowModelLink, MlflowRunLink, ReportLink
+from ml.contract import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, OVERRIDE_STEP, REPLAY_STEPS, RUN_KEY_STEPS, STEPS
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-RUN_KEY_STEPS = frozenset(
-    {"drift", "decide", "train", "evaluate", "gate", "approval", "rollback", "promote", "monitor"}
-)
-#: The steps a backfill replays: they share the run's replay key and its settings overrides.
-REPLAY_STEPS = frozenset({"drift", "decide", "train", "evaluate", "gate"})
-#: ``ct_ops``: a rollback or a forced promotion, chosen by the run's Params (``action``, ``version``, ``reason``).
-OVERRIDE_STEP = "override"
-STEPS = RUN_KEY_STEPS | {"ingest", OVERRIDE_STEP}
 STDERR_TAIL = 40
 #: Log lines of a step's outcome (a decision and its reasons) are wrapped to this width: none is cut off on screen.
 WRAP = 100
@@ -59,10 +52,6 @@ WRAP = 100
 OUTCOME_FIRST = frozenset({"decide", "gate", "approval", OVERRIDE_STEP})
 #: The task that asks an approver, and whose answer ``python -m ml approval`` settles.
 APPROVAL_TASK = "approval"
-# Kept in step with ml.errors (not imported: plugins stay light at parse time).
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 75
 
 #: Task retries for ct's DAGs: an outage (exit 75) decides nothing, so retrying with backoff is safe.
 OUTAGE_RETRIES: dict[str, Any] = {
