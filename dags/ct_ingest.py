@@ -26,8 +26,9 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from ct_airflow.assets import landing_asset
+from ct_airflow.operators.contract import OUTAGE_RETRIES
 from ct_airflow.operators.notify import NOTIFY_ARGS
-from ct_airflow.operators.step import OUTAGE_RETRIES, ct_step
+from ct_airflow.operators.step import ct_step
 from ct_airflow.operators.tasks import fail_on_quarantine, publish_curated
 from ml.layout import ID_PATTERN, ID_RULE
 

@@ -27,8 +27,9 @@ from datetime import UTC, datetime
 
 from airflow.sdk import DAG, CronTriggerTimetable
 
+from ct_airflow.operators.contract import OUTAGE_RETRIES
 from ct_airflow.operators.notify import NOTIFY_ARGS
-from ct_airflow.operators.step import OUTAGE_RETRIES, ct_step
+from ct_airflow.operators.step import ct_step
 from ct_airflow.operators.tasks import live_alarm, serving_problems
 
 with DAG(

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param
 
+from ct_airflow.operators.contract import OUTAGE_RETRIES
 from ct_airflow.operators.notify import NOTIFY_ARGS, CtNotifier
-from ct_airflow.operators.step import OUTAGE_RETRIES, OVERRIDE_STEP, ct_step
+from ct_airflow.operators.step import ct_step
 from ct_airflow.operators.tasks import champion_moved
+from ml.contract import OVERRIDE_STEP
 
 with DAG(
     dag_id="ct_ops",

@@ -43,8 +43,9 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from ct_airflow.assets import CURATED, LIVE_ALARM
 from ct_airflow.operators.approval import CtApprovalOperator
+from ct_airflow.operators.contract import APPROVAL_TASK, OUTAGE_RETRIES
 from ct_airflow.operators.notify import NOTIFY_ARGS, CtNotifier
-from ct_airflow.operators.step import APPROVAL_TASK, OUTAGE_RETRIES, ct_step
+from ct_airflow.operators.step import ct_step
 from ct_airflow.operators.tasks import champion_kept, promoted
 
 with DAG(

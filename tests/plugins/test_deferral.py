@@ -14,7 +14,8 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
 
-from ct_airflow.operators.step import StepFailed, StepRefused, StepUnavailable, ct_step
+from ct_airflow.operators.contract import StepFailed, StepRefused, StepUnavailable
+from ct_airflow.operators.step import ct_step
 from tests.plugins.conftest import RUN_KEY
 
 

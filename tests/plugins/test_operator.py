@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ct_airflow.operators.step import CtStepOperator, StepFailed, parse_result
+from ct_airflow.operators.contract import StepFailed, parse_result
+from ct_airflow.operators.step import CtStepOperator
 from ct_airflow.runkey import is_backfill, run_key_from_run_id, triggering_batch_ids
 
 
@@ -104,7 +105,7 @@ def test_a_backfill_run_is_a_replay_keyed_by_what_it_decides_with(ct_home) -> No
     ids=["unknown-key", "bad-value", "not-a-replay-section", "live-run"],
 )  # fmt: skip
 def test_bad_settings_overrides_fail_the_task_at_once(ct_home, run: dict, overrides: dict, message: str) -> None:
-    from ct_airflow.operators.step import StepRefused
+    from ct_airflow.operators.contract import StepRefused
 
     with pytest.raises(StepRefused, match=message):  # an AirflowFailException: no retries
         CtStepOperator(task_id="drift", step="drift").execute({**run, "params": {"settings": overrides}})
@@ -120,7 +121,7 @@ def test_bad_settings_overrides_fail_the_task_at_once(ct_home, run: dict, overri
 def test_exit_codes_map_to_task_outcomes(code: int, result: dict, outcome: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ct_airflow.operators.step import failure_for
+    from ct_airflow.operators.contract import failure_for
 
     failure = failure_for("drift", code, result, "")
     assert type(failure).__name__ == outcome and result["error"] in str(failure)
@@ -129,7 +130,7 @@ def test_exit_codes_map_to_task_outcomes(code: int, result: dict, outcome: str) 
 
 
 def test_an_unreachable_mlflow_fails_the_try_as_retryable(ct_home, monkeypatch) -> None:
-    from ct_airflow.operators.step import StepUnavailable
+    from ct_airflow.operators.contract import StepUnavailable
     from tests.conftest import free_port
 
     monkeypatch.setenv("CT_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -139,7 +140,7 @@ def test_an_unreachable_mlflow_fails_the_try_as_retryable(ct_home, monkeypatch) 
 
 
 def test_refused_batch_ids_fail_without_retries(ct_home) -> None:
-    from ct_airflow.operators.step import StepRefused
+    from ct_airflow.operators.contract import StepRefused
 
     with pytest.raises(StepRefused, match="is not a valid id"):
         CtStepOperator(task_id="ingest", step="ingest").execute(

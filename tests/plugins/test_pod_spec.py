@@ -17,8 +17,8 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
 
-from ct_airflow.operators.step import OVERRIDE_STEP, CtStepOperator, ct_step
-from ml.contract import XCOM_ENV
+from ct_airflow.operators.step import CtStepOperator, ct_step
+from ml.contract import OVERRIDE_STEP, XCOM_ENV
 from tests.plugins.conftest import RUN_ID, RUN_KEY, SIDECAR_IMAGE
 
 K8S_VERSION = "1.37.0"

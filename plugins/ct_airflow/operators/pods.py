@@ -6,7 +6,7 @@ the provider imports below carry ``noqa: TID253`` (ruff bans them at module leve
 
 The pod runs ``python -m ml <args>`` in the trainer image (``torchrun ... -m ml train`` with one
 process per GPU when ``kubernetes.gpu_count > 1``, plus a memory-backed ``/dev/shm``), with the
-arguments the local runner would use (:class:`~ct_airflow.operators.step.StepMixin`). While it runs the task is deferred, so a six-hour
+arguments the local runner would use (:class:`~ct_airflow.operators.contract.StepMixin`). While it runs the task is deferred, so a six-hour
 training holds no worker slot, and the triggerer copies the pod's new log lines into the task log
 every ``kubernetes.logging_interval_seconds``. If the worker dies, the next try reattaches to the
 running pod (``durable``: the pod's identity in the task state store, else a search by KPO's labels
@@ -30,7 +30,7 @@ from kubernetes.client import models as k8s
 from kubernetes.client.exceptions import ApiException
 from websocket import WebSocketConnectionClosedException
 
-from ct_airflow.operators.step import StepFailed, StepMixin, check_step
+from ct_airflow.operators.contract import StepFailed, StepMixin, check_step
 from ct_airflow.ui.links import MlflowModelLink, MlflowRunLink, ReportLink
 from ml.contract import EXIT_FAILED, XCOM_ENV
 
@@ -100,7 +100,7 @@ class CtPodOperator(StepMixin, KubernetesPodOperator):
     The pod's shape comes from the ``kubernetes`` section of ``settings`` (the configuration when the
     DAG file is parsed); the whole configuration reaches the pod as ``CT_CONFIG_JSON``.
 
-    :param step: one of :data:`ct_airflow.operators.step.STEPS`.
+    :param step: one of :data:`ml.contract.STEPS`.
     :param step_args: extra CLI arguments (templated; empty strings are dropped).
     :param settings: ct's configuration; read from the environment when not given.
     """
