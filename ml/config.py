@@ -201,7 +201,11 @@ class DriftConfig(_Section):
     outputs: bool = Field(True, description="Also compare the champion's class probabilities (black-box shift "
                           "detection: a Kolmogorov-Smirnov test on each class's probability)")  # fmt: skip
     min_output_ks: float = Field(
-        0.15, ge=0, le=1, description="The champion's outputs fire only when a KS distance is at least this"
+        0.15,
+        ge=0,
+        le=1,
+        description="The champion's outputs fire, and its confidence counts as fallen, only when "
+        "the KS distance is at least this",
     )
     embeddings: bool = Field(True, description="Also compare the champion's penultimate-layer embeddings")
     embedding_max_rows: int = Field(

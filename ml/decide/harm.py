@@ -1,7 +1,8 @@
 """A shift seen through the champion: did its outputs move, and is the shift expected to hurt?
 
 Drift says the new data differs from the champion's. Whether that matters is a question about the
-model, answered here from three pieces of evidence (:func:`assess`):
+model. Here are the drift detector that looks through it, then the three pieces of evidence of
+harm that :func:`assess` weighs:
 
 * **the champion's outputs** (:func:`output_drift`, a drift detector): black-box shift detection
   (Rabanser, Günnemann and Lipton, "Failing Loudly", NeurIPS 2019). A two-sample
