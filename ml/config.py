@@ -233,8 +233,8 @@ class PolicyConfig(_Section):
         "accuracy on the new data falls by more than max_accuracy_drop, or its confidence fell",
     )  # fmt: skip
     max_accuracy_drop: float = Field(
-        0.02, ge=0, lt=1, description="Evidence of harm: the champion's accuracy on the new data is this far below its "
-        "accuracy on its held-out rows (and significantly so)",
+        0.02, ge=0, lt=1, description="Evidence of harm: the champion's accuracy on the new data is below its accuracy "
+        "on its held-out rows by more than this, at 95% confidence (the drop's one-sided lower bound clears it)",
     )  # fmt: skip
     drift_windows: int = Field(1, ge=1, description="Debounce: drift must breach this many windows in a row")
     cooldown_hours: float = Field(0.0, ge=0, description="After a retrain, drift alone does not retrain for this long")

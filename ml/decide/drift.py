@@ -30,7 +30,7 @@ the pixels' statistics, embeddings and outputs say whether the new camera matter
 
 **Does it hurt?** With the champion loaded, :func:`ml.decide.harm.assess` adds ``harm``: its
 measured and label-free estimated accuracy on the new rows against its held-out rows, and whether
-its outputs moved. The retrain policy asks for that evidence before drift retrains.
+its confidence fell. The retrain policy asks for that evidence before drift retrains.
 
 No threshold is a fixed number. Each is calibrated on the reference for the window's size from
 ``drift.null_resamples`` seeded resamples of the score when nothing changed (windows drawn from the
@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 CATEGORICAL = ("label",)
 SIZE_COLUMNS = ("width", "height")  # a finding of their own (:func:`size_findings`), never drift
+SIZE_MIN_SHARE = 0.05  # a new size is a finding when at least this share of the new images has it
 EMBEDDINGS = "embeddings"
 IMAGE_STATS = "image_stats"
 DETECTORS = (IMAGE_STATS, "label", EMBEDDINGS, OUTPUTS)
@@ -533,19 +534,28 @@ def summarise(
     }
 
 
-def size_findings(current: pd.DataFrame, reference: pd.DataFrame, limit: int = 5) -> list[dict[str, Any]]:
+def size_findings(
+    current: pd.DataFrame, reference: pd.DataFrame, limit: int = 5, min_share: float = SIZE_MIN_SHARE
+) -> list[dict[str, Any]]:
     """Image sizes in the new batches that the reference never had: each a finding of its own, never drift.
 
     A new camera often means a new size; whether it matters is for the pixels' statistics, the
-    embeddings and the champion's outputs to say. The ``limit`` most common new sizes are listed.
+    embeddings and the champion's outputs to say. A size counts when at least ``min_share`` of the
+    new images have it: in a folder of photos of every size, each size is a photo, not a camera.
+    The ``limit`` most common new sizes are listed.
     """
-    if not {"width", "height"} <= set(current.columns) & set(reference.columns) or current.empty:
+    sizes = list(SIZE_COLUMNS)
+    if not set(sizes) <= set(current.columns) & set(reference.columns):
+        return []
+    current, reference = current.dropna(subset=sizes), reference.dropna(subset=sizes)
+    if current.empty:
         return []
     known = set(zip(reference["width"].astype(int), reference["height"].astype(int), strict=True))
     aspects = {round(w / h, 2) for w, h in known if h}
     new = current[[(int(w), int(h)) not in known for w, h in zip(current["width"], current["height"], strict=True)]]
+    common = [(wh, part) for wh, part in new.groupby(sizes) if len(part) >= min_share * len(current)]
     findings = []
-    for (width, height), part in sorted(new.groupby(["width", "height"]), key=lambda wp: -len(wp[1]))[:limit]:
+    for (width, height), part in sorted(common, key=lambda wp: -len(wp[1]))[:limit]:
         width, height = int(width), int(height)
         batches = sorted(map(str, part["batch_id"].unique())) if "batch_id" in part else []
         aspect = round(width / height, 2) if height else None
@@ -594,9 +604,10 @@ def _through_champion(lake: Lake, settings: Settings, window: Window, model: Any
         features[OUTPUTS] = output_drift(new_prob, ref_prob, settings.labels, detector_alpha(cfg), cfg.min_output_ks)
     ref_correct = ref_prob.argmax(axis=1) == held_out.labels if len(ref_prob) else np.zeros(0, bool)
     ref_conf = ref_prob.max(axis=1) if len(ref_prob) else np.zeros(0)
-    harm = assess(new_pred == new_rows.labels, new_conf, ref_correct, ref_conf, settings)
+    new_correct = new_pred == new_rows.labels
+    harm = assess(new_correct, new_conf, ref_correct, ref_conf, settings)
     quality = {"champion_version": window.champion_version,
-               "accuracy_on_new": float((new_pred == new_rows.labels).mean()) if len(new_rows) else None,
+               "accuracy_on_new": float(new_correct.mean()) if len(new_rows) else None,
                "held_out_accuracy": float(ref_correct.mean()) if len(ref_correct) else None,
                "rows": len(new_rows)}  # fmt: skip
     return {"features": features, "harm": harm, "quality": quality}

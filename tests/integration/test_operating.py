@@ -216,6 +216,11 @@ def test_the_dashboard_tells_the_demo_story(stack: Stack, browser: Any) -> None:
     # The demo's days, newest first: day 4's drifted data promotes, day 2's clean batch is rejected, day 1 bootstraps.
     assert decisions == ["promote", "reject", "promote"], decisions
     assert reasons[-1].startswith("first model: accuracy") and reasons[1].startswith("not significant"), reasons
+    # Day 4 retrained because its drift hurts the champion, and its decision says so.
+    retrains = stack.home / "lake" / "reports" / "ct_retrain"
+    on_drift = [reason for path in retrains.glob("*/decision.json") for reason in json.loads(path.read_text())["reasons"]
+                if reason.startswith("drift on")]  # fmt: skip
+    assert len(on_drift) == 1 and ", and it hurts: champion accuracy on the " in on_drift[0], on_drift
     shoot(page, "overview")
 
     rows.nth(1).get_by_role("link", name="decision").click()

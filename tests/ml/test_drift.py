@@ -179,6 +179,22 @@ def test_a_new_image_size_is_a_finding_not_drift() -> None:
     assert size_findings(synthetic(WINDOW, seed=4), reference) == []
 
 
+def test_photos_of_every_size_raise_no_size_finding() -> None:
+    """A folder of phone photos and crops has a size per image: a new one is a photo, not a new camera."""
+    rng = np.random.default_rng(8)
+
+    def photos(rows: int, seed: int) -> pd.DataFrame:
+        sizes = np.random.default_rng(seed).integers(60, 220, (rows, 2))
+        return synthetic(rows, seed).assign(width=sizes[:, 0], height=sizes[:, 1], batch_id=f"photos-{seed}")
+
+    reference, current = photos(1000, 1), photos(WINDOW, 2)
+    assert size_findings(current, reference) == []
+    # Most of a batch from one new camera is still a finding, however varied the rest.
+    camera = rng.random(WINDOW) < 0.6
+    current.loc[camera, ["width", "height"]] = (4032, 3024)
+    assert [f["size"] for f in size_findings(current, reference)] == ["4032x3024"]
+
+
 @pytest.mark.parametrize(
     ("shift", "expect"), [(invert, {"mean", "bright"}), (half_contrast, {"std"})], ids=["invert", "half-contrast"]
 )
